@@ -1,0 +1,1 @@
+//! strait-admin (work in progress).

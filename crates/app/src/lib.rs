@@ -1,0 +1,1 @@
+//! strait-app (work in progress).

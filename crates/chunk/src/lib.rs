@@ -1,0 +1,1 @@
+//! strait-chunk (work in progress).

@@ -1,0 +1,1 @@
+//! strait-classify (work in progress).

@@ -1,0 +1,1 @@
+//! strait-codec (work in progress).

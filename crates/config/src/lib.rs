@@ -1,0 +1,1 @@
+//! strait-config (work in progress).

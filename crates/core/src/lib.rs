@@ -1,0 +1,1 @@
+//! strait-core (work in progress).

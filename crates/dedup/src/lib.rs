@@ -1,0 +1,1 @@
+//! strait-dedup (work in progress).

@@ -1,0 +1,1 @@
+//! strait-edge (work in progress).

@@ -1,0 +1,1 @@
+//! strait-fec (work in progress).

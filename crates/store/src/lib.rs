@@ -1,0 +1,1 @@
+//! strait-store (work in progress).

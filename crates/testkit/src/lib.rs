@@ -1,0 +1,1 @@
+//! strait-testkit (work in progress).

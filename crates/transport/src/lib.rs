@@ -1,0 +1,1 @@
+//! strait-transport (work in progress).

@@ -1,0 +1,1 @@
+//! strait-wanem (work in progress).

@@ -1,0 +1,1 @@
+//! strait-wire (work in progress).
