@@ -1,0 +1,118 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+const CORE: &str = include_str!("../../../configs/core.toml");
+const EDGE: &str = include_str!("../../../configs/edge.toml");
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, Path::new("test.toml"), false) {
+        Err(Error::Invalid { problems, .. }) => problems,
+        Err(e) => panic!("expected validation problems, got {e}"),
+        Ok(_) => panic!("expected validation problems, config was accepted"),
+    }
+}
+
+#[test]
+fn example_configs_parse_with_documented_addresses() {
+    let core = parse(CORE, Path::new("core.toml"), false).unwrap();
+    let c = core.core.as_ref().unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:4433");
+    assert_eq!(core.admin_listen.to_string(), "127.0.0.1:9902");
+    assert_eq!(c.services[0].name, "origin");
+    assert_eq!(c.services[0].upstream, "127.0.0.1:8000");
+    let edge = parse(EDGE, Path::new("edge.toml"), false).unwrap();
+    let e = edge.edge.as_ref().unwrap();
+    assert_eq!(e.forwards[0].listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(e.forwards[0].service, "origin");
+    assert_eq!(edge.admin_listen.to_string(), "127.0.0.1:9901");
+    assert_eq!(edge.role(), Role::Edge);
+}
+
+#[test]
+fn bad_listen_address_names_field_and_value() {
+    let text = EDGE.replace("listen = \"127.0.0.1:9000\"", "listen = \"::99999\"");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        p[0].to_string(),
+        "edge.forward[0].listen = \"::99999\": invalid socket address (expected ip:port, e.g. \"127.0.0.1:9000\")"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = CORE
+        .replace("upstream = \"127.0.0.1:8000\"", "upstream = \"nowhere\"")
+        .replace("congestion = \"bbr\"", "congestion = \"vegas\"")
+        .replace("max_bytes = \"4GiB\"", "max_bytes = \"lots\"")
+        .replace("initial_rtt = \"100ms\"", "initial_rtt = \"100\"");
+    let p = problems(&text);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec!["tunnel.congestion", "tunnel.initial_rtt", "store.max_bytes", "core.service[0].upstream"]
+    );
+    for pr in &p {
+        assert!(!pr.value.is_empty(), "problem without value: {pr}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name() {
+    let text = EDGE.replace("[edge]", "[edge]\nfrobnicate = 1");
+    let err = parse(&text, Path::new("edge.toml"), false).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("frobnicate"), "{msg}");
+}
+
+#[test]
+fn duplicate_service_names_are_rejected() {
+    let text = format!("{CORE}\n[[core.service]]\nname = \"origin\"\nupstream = \"127.0.0.1:8001\"\n");
+    let p = problems(&text);
+    assert_eq!(p[0].path, "core.service[1].name");
+    assert!(p[0].reason.contains("duplicate"));
+}
+
+#[test]
+fn fec_settings_parse_and_reject_nonsense() {
+    let t = CORE.replace("fec = \"off\"", "fec = { data = 32, repair = 4 }");
+    let c = parse(&t, Path::new("c"), false).unwrap();
+    assert_eq!(c.tunnel.fec, Fec::Fixed { data: 32, repair: 4 });
+    let t = CORE.replace("fec = \"off\"", "fec = \"sometimes\"");
+    assert_eq!(problems(&t)[0].path, "tunnel.fec");
+}
+
+#[test]
+fn key_material_is_never_echoed() {
+    let t = CORE.replace("key_file = \"certs/dedup.key\"", "key = \"00112233\"");
+    let p = problems(&t);
+    assert_eq!(p[0].path, "dedup.key");
+    assert_eq!(p[0].value, "<redacted>");
+}
+
+#[test]
+fn compression_accepts_level_or_false() {
+    let t = CORE.replace("compression = 3", "compression = false");
+    let c = parse(&t, Path::new("c"), false).unwrap();
+    assert_eq!(c.core.unwrap().services[0].policy.compression, None);
+    let t = CORE.replace("compression = 3", "compression = 42");
+    assert_eq!(problems(&t)[0].path, "core.service[0].compression");
+}
+
+#[test]
+fn missing_files_are_reported_when_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("core.toml");
+    let t = CORE.replace("certs/", &format!("{}/nope/", dir.path().display()));
+    std::fs::write(&path, t).unwrap();
+    let err = load(&path, true).unwrap_err();
+    let Error::Invalid { problems, .. } = err else { panic!("expected problems") };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, vec!["tls.ca", "tls.cert", "tls.key", "dedup.key_file"]);
+}
+
+#[test]
+fn config_with_both_roles_is_rejected() {
+    let t = format!("{CORE}\n[edge]\ncore = \"127.0.0.1:4433\"\n[[edge.forward]]\nlisten = \"127.0.0.1:1\"\nservice = \"x\"\n");
+    assert!(problems(&t).iter().any(|p| p.reason.contains("one role")));
+}
