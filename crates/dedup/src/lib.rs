@@ -1,1 +1,100 @@
-//! strait-dedup (work in progress).
+//! The dedup engine: turns one direction of a flow into tunnel frames (chunk, hash, reference or
+//! compressed literal) and back (expand, verify, deliver). Sans-IO: no sockets, no clock; the
+//! transport's pump feeds bytes and frames in and writes what comes out.
+//!
+//! ```text
+//!  client bytes -> FlowEncoder::push -> Literal / Refs frames ----WAN---> FlowDecoder::on_frame
+//!                        ^                                                  |  verify every chunk
+//!                        |  on_want (Supply) / on_ack  <--- Want / Ack -----+  against its id
+//!                                                                           v
+//!                                                                 pop_ready -> client bytes
+//! ```
+//!
+//! Invariants:
+//! - A chunk is delivered only after its bytes hashed to its id (keyed BLAKE3), whether they came
+//!   as a literal, from the store (which verifies on read) or as a supply.
+//! - The sender keeps every chunk it sent (literal or reference) until the receiver acknowledged
+//!   delivering it, so every `Want` can be answered. Those bytes are bounded by the flow window.
+//! - A reference is sent only for a chunk whose store entry lists this peer (it was sent to or
+//!   received from this peer); the receiver expands a reference only from an entry listing the
+//!   sending peer. A hash is not a capability.
+
+mod decoder;
+mod encoder;
+
+pub use decoder::FlowDecoder;
+pub use encoder::{EncoderConfig, FlowEncoder};
+
+/// Codec byte flag: the sender will never reference this chunk, so the receiver need not store it.
+pub const NO_STORE_FLAG: u8 = 0x80;
+/// References are emitted once this many are pending (or at the next literal or flush).
+pub const REF_BATCH: usize = 64;
+/// The receiver acknowledges at least every this many delivered items.
+pub const ACK_EVERY: u64 = 16;
+/// Times a chunk may fail verification before the flow is reset.
+pub const MAX_VERIFY_ATTEMPTS: u8 = 2;
+
+/// Errors of the engine; every one ends the flow with a reset.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer asked for a chunk this flow never sent or already saw acknowledged.
+    #[error("peer wanted chunk {0} which this flow is not holding")]
+    UnknownWant(String),
+    /// The peer supplied a chunk nobody asked for.
+    #[error("peer supplied chunk {0} which was not requested")]
+    UnrequestedSupply(String),
+    /// A chunk failed verification again after being re-requested.
+    #[error("chunk {id} failed verification {attempts} times; refusing to deliver it")]
+    Corrupt {
+        /// Chunk id (hex prefix).
+        id: String,
+        /// Attempts made.
+        attempts: u8,
+    },
+    /// The peer acknowledged more items than were sent.
+    #[error("peer acknowledged {acked} items but only {sent} were sent")]
+    BadAck {
+        /// Acked count.
+        acked: u64,
+        /// Sent count.
+        sent: u64,
+    },
+    /// The peer sent more undelivered data than the flow window allows.
+    #[error("peer exceeded the flow window: {queued} bytes queued, limit {limit}")]
+    WindowExceeded {
+        /// Bytes queued.
+        queued: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// Data arrived after the peer ended its direction.
+    #[error("peer sent data after ending its direction")]
+    DataAfterEnd,
+    /// A frame that does not belong to a data direction.
+    #[error("unexpected frame on a data direction: {0}")]
+    Unexpected(&'static str),
+    /// A codec byte or payload is invalid.
+    #[error("chunk {id}: {source}")]
+    Codec {
+        /// Chunk id.
+        id: String,
+        /// Codec error.
+        source: strait_codec::Error,
+    },
+    /// A reference length disagrees with the chunk found.
+    #[error("chunk length {len} exceeds limit {max}")]
+    TooLong {
+        /// Announced length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+}
+
+pub(crate) fn short(id: &[u8; 32]) -> String {
+    id[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -396,9 +396,21 @@ impl Frame {
         out[start + 1..start + 5].copy_from_slice(&body_len.to_be_bytes());
     }
 
-    /// Encoded length of a literal frame carrying `payload_len` bytes (for accounting).
+    /// Bytes a literal or supply frame adds around its payload.
     pub fn literal_overhead() -> usize {
         FRAME_HEADER_LEN + ID_LEN + 1 + 4
+    }
+
+    /// Appends a `Literal` (or, with `supply`, a `Supply`) frame without first copying the
+    /// payload into a `Bytes`. Encodes exactly what `Frame::encode` would.
+    pub fn encode_chunk(out: &mut BytesMut, supply: bool, id: &WireId, codec: CodecByte, len: u32, payload: &[u8]) {
+        out.reserve(Self::literal_overhead() + payload.len());
+        out.put_u8(if supply { T_SUPPLY } else { T_LITERAL });
+        out.put_u32((ID_LEN + 1 + 4 + payload.len()) as u32);
+        out.put_slice(id);
+        out.put_u8(codec);
+        out.put_u32(len);
+        out.put_slice(payload);
     }
 
     /// Decodes one frame body of type `ty`. The body must be complete; trailing bytes are an error.

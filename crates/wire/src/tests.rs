@@ -138,3 +138,20 @@ fn unknown_type_is_named() {
     let err = Frame::decode_body(0x7f, Bytes::new()).unwrap_err();
     assert_eq!(err.to_string(), "unknown frame type 0x7f");
 }
+
+#[test]
+fn encode_chunk_matches_frame_encoding() {
+    for supply in [false, true] {
+        let payload = Bytes::from_static(b"some payload bytes");
+        let f = if supply {
+            Frame::Supply { id: [9; 32], codec: 2, len: 99, payload: payload.clone() }
+        } else {
+            Frame::Literal { id: [9; 32], codec: 2, len: 99, payload: payload.clone() }
+        };
+        let mut a = BytesMut::new();
+        f.encode(&mut a);
+        let mut b = BytesMut::new();
+        Frame::encode_chunk(&mut b, supply, &[9; 32], 2, 99, &payload);
+        assert_eq!(a, b);
+    }
+}
