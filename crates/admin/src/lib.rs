@@ -212,7 +212,10 @@ impl Metrics {
 
     /// Adds a source of extra metric families.
     pub fn add_extra(&self, f: impl Fn() -> Vec<ExtraFamily> + Send + Sync + 'static) {
-        self.extra.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(f));
+        self.extra
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(f));
     }
 
     /// Whether the process is ready.
@@ -243,7 +246,11 @@ impl Metrics {
 
     /// Tunnel numbers now.
     pub fn tunnel(&self) -> TunnelSnapshot {
-        let p = self.tunnel.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let p = self
+            .tunnel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         p.map(|f| f()).unwrap_or_default()
     }
 
@@ -265,7 +272,11 @@ impl Metrics {
         let logical: u64 = routes.iter().map(|r| r.logical_bytes).sum();
         let wan = tunnel.wan_tx_bytes + tunnel.wan_rx_bytes;
         let stream_wan: u64 = routes.iter().map(|r| r.wan_bytes).sum();
-        let ratio = if stream_wan > 0 { logical as f64 / stream_wan as f64 } else { 0.0 };
+        let ratio = if stream_wan > 0 {
+            logical as f64 / stream_wan as f64
+        } else {
+            0.0
+        };
         let extras: BTreeMap<String, serde_json::Value> = self
             .extras()
             .into_iter()
@@ -325,21 +336,70 @@ impl Metrics {
                 .iter()
                 .map(|r| {
                     (
-                        format!("route=\"{}\",direction=\"{}\"", escape(&r.route), r.direction),
+                        format!(
+                            "route=\"{}\",direction=\"{}\"",
+                            escape(&r.route),
+                            r.direction
+                        ),
                         f(r) as f64,
                     )
                 })
                 .collect()
         };
-        family("logical_bytes_total", "counter", "Client bytes carried, per route and direction.", &per_route(&|r| r.logical_bytes));
-        family("stream_wan_bytes_total", "counter", "Tunnel frame bytes per route and direction.", &per_route(&|r| r.wan_bytes));
-        family("dedup_saved_bytes_total", "counter", "Bytes that crossed as references.", &per_route(&|r| r.dedup_saved_bytes));
-        family("compression_saved_bytes_total", "counter", "Bytes saved by compressing literals.", &per_route(&|r| r.compression_saved_bytes));
-        family("ref_chunks_total", "counter", "Chunks carried as references.", &per_route(&|r| r.ref_chunks));
-        family("literal_chunks_total", "counter", "Chunks carried as literals.", &per_route(&|r| r.literal_chunks));
-        family("chunk_misses_total", "counter", "References the receiver had to ask for.", &per_route(&|r| r.misses));
-        family("chunk_verify_failures_total", "counter", "Chunks that failed verification and were not delivered.", &per_route(&|r| r.verify_failures));
-        family("flows_total", "counter", "Flows started per route.", &per_route(&|r| r.flows));
+        family(
+            "logical_bytes_total",
+            "counter",
+            "Client bytes carried, per route and direction.",
+            &per_route(&|r| r.logical_bytes),
+        );
+        family(
+            "stream_wan_bytes_total",
+            "counter",
+            "Tunnel frame bytes per route and direction.",
+            &per_route(&|r| r.wan_bytes),
+        );
+        family(
+            "dedup_saved_bytes_total",
+            "counter",
+            "Bytes that crossed as references.",
+            &per_route(&|r| r.dedup_saved_bytes),
+        );
+        family(
+            "compression_saved_bytes_total",
+            "counter",
+            "Bytes saved by compressing literals.",
+            &per_route(&|r| r.compression_saved_bytes),
+        );
+        family(
+            "ref_chunks_total",
+            "counter",
+            "Chunks carried as references.",
+            &per_route(&|r| r.ref_chunks),
+        );
+        family(
+            "literal_chunks_total",
+            "counter",
+            "Chunks carried as literals.",
+            &per_route(&|r| r.literal_chunks),
+        );
+        family(
+            "chunk_misses_total",
+            "counter",
+            "References the receiver had to ask for.",
+            &per_route(&|r| r.misses),
+        );
+        family(
+            "chunk_verify_failures_total",
+            "counter",
+            "Chunks that failed verification and were not delivered.",
+            &per_route(&|r| r.verify_failures),
+        );
+        family(
+            "flows_total",
+            "counter",
+            "Flows started per route.",
+            &per_route(&|r| r.flows),
+        );
         let t = self.tunnel();
         family(
             "wan_bytes_total",
@@ -350,24 +410,109 @@ impl Metrics {
                 ("direction=\"rx\"".to_string(), t.wan_rx_bytes as f64),
             ],
         );
-        family("tunnel_up", "gauge", "Tunnels currently up.", &[(String::new(), t.connections as f64)]);
-        family("tunnel_rtt_seconds", "gauge", "Smoothed round-trip time of the tunnel.", &[(String::new(), t.rtt_seconds)]);
-        family("tunnel_lost_packets_total", "counter", "Packets QUIC declared lost.", &[(String::new(), t.lost_packets as f64)]);
-        family("tunnel_cwnd_bytes", "gauge", "Congestion window.", &[(String::new(), t.cwnd_bytes as f64)]);
-        family("tunnel_connects_total", "counter", "Tunnel connections established.", &[(String::new(), self.tunnel_connects.load(Relaxed) as f64)]);
-        family("handshake_failures_total", "counter", "Failed tunnel handshakes.", &[(String::new(), self.handshake_failures.load(Relaxed) as f64)]);
-        family("open_flows", "gauge", "Flows currently open.", &[(String::new(), self.open_flows.load(Relaxed) as f64)]);
-        family("refused_flows_total", "counter", "Flows refused.", &[(String::new(), self.refused_flows.load(Relaxed) as f64)]);
-        family("flow_errors_total", "counter", "Flows that ended with an error.", &[(String::new(), self.flow_errors.load(Relaxed) as f64)]);
+        family(
+            "tunnel_up",
+            "gauge",
+            "Tunnels currently up.",
+            &[(String::new(), t.connections as f64)],
+        );
+        family(
+            "tunnel_rtt_seconds",
+            "gauge",
+            "Smoothed round-trip time of the tunnel.",
+            &[(String::new(), t.rtt_seconds)],
+        );
+        family(
+            "tunnel_lost_packets_total",
+            "counter",
+            "Packets QUIC declared lost.",
+            &[(String::new(), t.lost_packets as f64)],
+        );
+        family(
+            "tunnel_cwnd_bytes",
+            "gauge",
+            "Congestion window.",
+            &[(String::new(), t.cwnd_bytes as f64)],
+        );
+        family(
+            "tunnel_connects_total",
+            "counter",
+            "Tunnel connections established.",
+            &[(String::new(), self.tunnel_connects.load(Relaxed) as f64)],
+        );
+        family(
+            "handshake_failures_total",
+            "counter",
+            "Failed tunnel handshakes.",
+            &[(String::new(), self.handshake_failures.load(Relaxed) as f64)],
+        );
+        family(
+            "open_flows",
+            "gauge",
+            "Flows currently open.",
+            &[(String::new(), self.open_flows.load(Relaxed) as f64)],
+        );
+        family(
+            "refused_flows_total",
+            "counter",
+            "Flows refused.",
+            &[(String::new(), self.refused_flows.load(Relaxed) as f64)],
+        );
+        family(
+            "flow_errors_total",
+            "counter",
+            "Flows that ended with an error.",
+            &[(String::new(), self.flow_errors.load(Relaxed) as f64)],
+        );
         if let Some(s) = self.store() {
-            family("store_bytes", "gauge", "Chunk store size on disk.", &[(String::new(), s.bytes as f64)]);
-            family("store_max_bytes", "gauge", "Chunk store bound.", &[(String::new(), s.max_bytes as f64)]);
-            family("store_entries", "gauge", "Chunks in the store.", &[(String::new(), s.entries as f64)]);
-            family("store_hits_total", "counter", "Store lookups that found the chunk.", &[(String::new(), s.hits as f64)]);
-            family("store_misses_total", "counter", "Store lookups that did not.", &[(String::new(), s.misses as f64)]);
-            family("store_evictions_total", "counter", "Entries evicted.", &[(String::new(), s.evictions as f64)]);
-            family("store_corrupt_dropped_total", "counter", "Entries dropped after failing verification.", &[(String::new(), s.corrupt_dropped as f64)]);
-            family("store_index_bytes", "gauge", "Approximate index memory.", &[(String::new(), s.index_bytes as f64)]);
+            family(
+                "store_bytes",
+                "gauge",
+                "Chunk store size on disk.",
+                &[(String::new(), s.bytes as f64)],
+            );
+            family(
+                "store_max_bytes",
+                "gauge",
+                "Chunk store bound.",
+                &[(String::new(), s.max_bytes as f64)],
+            );
+            family(
+                "store_entries",
+                "gauge",
+                "Chunks in the store.",
+                &[(String::new(), s.entries as f64)],
+            );
+            family(
+                "store_hits_total",
+                "counter",
+                "Store lookups that found the chunk.",
+                &[(String::new(), s.hits as f64)],
+            );
+            family(
+                "store_misses_total",
+                "counter",
+                "Store lookups that did not.",
+                &[(String::new(), s.misses as f64)],
+            );
+            family(
+                "store_evictions_total",
+                "counter",
+                "Entries evicted.",
+                &[(String::new(), s.evictions as f64)],
+            );
+            family(
+                "store_corrupt_dropped_total",
+                "counter",
+                "Entries dropped after failing verification.",
+                &[(String::new(), s.corrupt_dropped as f64)],
+            );
+            family(
+                "store_index_bytes",
+                "gauge",
+                "Approximate index memory.",
+                &[(String::new(), s.index_bytes as f64)],
+            );
         }
         for f in self.extras() {
             let samples: Vec<(String, f64)> = f
@@ -389,7 +534,9 @@ impl Metrics {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -404,7 +551,12 @@ mod tests {
         r.logical_bytes.fetch_add(1234, Relaxed);
         r.wan_bytes.fetch_add(100, Relaxed);
         let text = m.prometheus();
-        assert!(text.contains("strait_logical_bytes_total{route=\"origin\",direction=\"download\"} 1234"), "{text}");
+        assert!(
+            text.contains(
+                "strait_logical_bytes_total{route=\"origin\",direction=\"download\"} 1234"
+            ),
+            "{text}"
+        );
         let j = m.stats_json();
         assert_eq!(j["logical_bytes"], 1234);
         assert_eq!(j["routes"][0]["route"], "origin");

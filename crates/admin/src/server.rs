@@ -32,14 +32,14 @@ fn respond(m: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<B
             if m.ready() {
                 (StatusCode::OK, "text/plain", "ready\n".to_string())
             } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: tunnel down\n".to_string())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: tunnel down\n".to_string(),
+                )
             }
         }
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            m.prometheus(),
-        ),
+        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", m.prometheus()),
         (&Method::GET, "/stats") => (
             StatusCode::OK,
             "application/json",
@@ -50,7 +50,11 @@ fn respond(m: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<B
             "text/plain",
             "not found: try /live, /ready, /metrics, /stats\n".to_string(),
         ),
-        _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".to_string()),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -66,8 +70,12 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + Send), Error> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
     let limit = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
     let fut = async move {
         tokio::pin!(shutdown);

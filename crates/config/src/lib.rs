@@ -408,7 +408,12 @@ struct V {
 }
 
 impl V {
-    fn bad(&mut self, path: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) {
+    fn bad(
+        &mut self,
+        path: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
         self.problems.push(Problem {
             path: path.into(),
             value: value.into(),
@@ -431,7 +436,14 @@ impl V {
         }
     }
 
-    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration, min: Duration, max: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        path: &str,
+        v: &Option<String>,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
         let Some(s) = v else { return default };
         match parse_duration(s) {
             Ok(d) if d < min || d > max => {
@@ -452,14 +464,22 @@ impl V {
             (Some(s), _) => s.as_str(),
             (None, Some(d)) => d,
             (None, None) => {
-                self.bad(path, "", "missing (expected an address like \"127.0.0.1:9000\")");
+                self.bad(
+                    path,
+                    "",
+                    "missing (expected an address like \"127.0.0.1:9000\")",
+                );
                 return fallback;
             }
         };
         match s.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                self.bad(path, s, "invalid socket address (expected ip:port, e.g. \"127.0.0.1:9000\")");
+                self.bad(
+                    path,
+                    s,
+                    "invalid socket address (expected ip:port, e.g. \"127.0.0.1:9000\")",
+                );
                 fallback
             }
         }
@@ -484,7 +504,11 @@ impl V {
                 s.clone()
             }
             _ => {
-                self.bad(path, s, "invalid host:port (expected e.g. \"127.0.0.1:8000\" or \"db.internal:5432\")");
+                self.bad(
+                    path,
+                    s,
+                    "invalid host:port (expected e.g. \"127.0.0.1:8000\" or \"db.internal:5432\")",
+                );
                 String::new()
             }
         }
@@ -517,7 +541,11 @@ impl V {
         };
         let p = PathBuf::from(s);
         if self.check_files && !p.is_file() {
-            self.bad(path, s, "file does not exist (create certificates with `strait certs --out certs`)");
+            self.bad(
+                path,
+                s,
+                "file does not exist (create certificates with `strait certs --out certs`)",
+            );
         }
         p
     }
@@ -529,13 +557,22 @@ impl V {
             Some(toml::Value::Boolean(true)) => Some(DEFAULT_COMPRESSION_LEVEL),
             Some(toml::Value::Integer(l)) if (1..=19).contains(l) => Some(*l as i32),
             Some(other) => {
-                self.bad(path, other.to_string(), "expected a zstd level 1-19, true or false");
+                self.bad(
+                    path,
+                    other.to_string(),
+                    "expected a zstd level 1-19, true or false",
+                );
                 None
             }
         }
     }
 
-    fn policy(&mut self, path: &str, dedup: Option<bool>, compression: &Option<toml::Value>) -> RoutePolicy {
+    fn policy(
+        &mut self,
+        path: &str,
+        dedup: Option<bool>,
+        compression: &Option<toml::Value>,
+    ) -> RoutePolicy {
         RoutePolicy {
             dedup: dedup.unwrap_or(true),
             compression: self.compression(&format!("{path}.compression"), compression),
@@ -550,12 +587,19 @@ fn fec_setting(v: &mut V, value: &Option<toml::Value>) -> Fec {
         Some(toml::Value::String(s)) if s == "adaptive" => Fec::Adaptive,
         Some(toml::Value::Table(t)) => {
             let get = |k: &str| t.get(k).and_then(|x| x.as_integer());
-            let unknown: Vec<&String> = t.keys().filter(|k| *k != "data" && *k != "repair").collect();
+            let unknown: Vec<&String> = t
+                .keys()
+                .filter(|k| *k != "data" && *k != "repair")
+                .collect();
             match (get("data"), get("repair")) {
-                (Some(d), Some(r)) if unknown.is_empty() && (1..=64).contains(&d) && (0..=64).contains(&r) => Fec::Fixed {
-                    data: d as u8,
-                    repair: r as u8,
-                },
+                (Some(d), Some(r))
+                    if unknown.is_empty() && (1..=64).contains(&d) && (0..=64).contains(&r) =>
+                {
+                    Fec::Fixed {
+                        data: d as u8,
+                        repair: r as u8,
+                    }
+                }
                 _ => {
                     v.bad(
                         "tunnel.fec",
@@ -567,7 +611,11 @@ fn fec_setting(v: &mut V, value: &Option<toml::Value>) -> Fec {
             }
         }
         Some(other) => {
-            v.bad("tunnel.fec", other.to_string(), "expected \"off\", \"adaptive\" or { data = k, repair = m }");
+            v.bad(
+                "tunnel.fec",
+                other.to_string(),
+                "expected \"off\", \"adaptive\" or { data = k, repair = m }",
+            );
             Fec::Off
         }
     }
@@ -606,11 +654,19 @@ pub fn parse(text: &str, path: &Path, check_files: bool) -> Result<Config, Error
 fn validate(v: &mut V, raw: Raw) -> Config {
     let role = match (&raw.core, &raw.edge) {
         (Some(_), Some(_)) => {
-            v.bad("core", "", "a config file is for one role: has both [core] and [edge]");
+            v.bad(
+                "core",
+                "",
+                "a config file is for one role: has both [core] and [edge]",
+            );
             Role::Core
         }
         (None, None) => {
-            v.bad("core", "", "missing: a config needs a [core] or an [edge] section");
+            v.bad(
+                "core",
+                "",
+                "missing: a config needs a [core] or an [edge] section",
+            );
             Role::Core
         }
         (Some(_), None) => Role::Core,
@@ -619,14 +675,18 @@ fn validate(v: &mut V, raw: Raw) -> Config {
 
     let log = raw.log.unwrap_or_default();
     let log_level = log.level.unwrap_or_else(|| "info".to_string());
-    if !log_level
-        .split(',')
-        .all(|d| {
-            let lvl = d.rsplit('=').next().unwrap_or("");
-            matches!(lvl.trim(), "trace" | "debug" | "info" | "warn" | "error" | "off")
-        })
-    {
-        v.bad("log.level", &log_level, "expected trace, debug, info, warn, error or off (or target=level,...)");
+    if !log_level.split(',').all(|d| {
+        let lvl = d.rsplit('=').next().unwrap_or("");
+        matches!(
+            lvl.trim(),
+            "trace" | "debug" | "info" | "warn" | "error" | "off"
+        )
+    }) {
+        v.bad(
+            "log.level",
+            &log_level,
+            "expected trace, debug, info, warn, error or off (or target=level,...)",
+        );
     }
 
     let admin = raw.admin.unwrap_or_default();
@@ -657,7 +717,11 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         Some("cubic") => Congestion::Cubic,
         Some("newreno") => Congestion::NewReno,
         Some(other) => {
-            v.bad("tunnel.congestion", other, "expected \"bbr\", \"cubic\" or \"newreno\"");
+            v.bad(
+                "tunnel.congestion",
+                other,
+                "expected \"bbr\", \"cubic\" or \"newreno\"",
+            );
             Congestion::Bbr
         }
     };
@@ -665,7 +729,11 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         None => 1452,
         Some(m) if (1200..=9000).contains(&m) => m as u16,
         Some(m) => {
-            v.bad("tunnel.initial_mtu", m.to_string(), "must be between 1200 and 9000");
+            v.bad(
+                "tunnel.initial_mtu",
+                m.to_string(),
+                "must be between 1200 and 9000",
+            );
             1452
         }
     };
@@ -673,7 +741,11 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         None => DEFAULT_MAX_FLOWS,
         Some(n) if (1..=100_000).contains(&n) => n as u32,
         Some(n) => {
-            v.bad("tunnel.max_flows", n.to_string(), "must be between 1 and 100000");
+            v.bad(
+                "tunnel.max_flows",
+                n.to_string(),
+                "must be between 1 and 100000",
+            );
             DEFAULT_MAX_FLOWS
         }
     };
@@ -686,9 +758,27 @@ fn validate(v: &mut V, raw: Raw) -> Config {
             64 << 10,
             1 << 30,
         ),
-        receive_window: v.bytes("tunnel.receive_window", &t.receive_window, DEFAULT_RECEIVE_WINDOW, 64 << 10, 4 << 30),
-        send_window: v.bytes("tunnel.send_window", &t.send_window, DEFAULT_SEND_WINDOW, 64 << 10, 4 << 30),
-        udp_buffer: v.bytes("tunnel.udp_buffer", &t.udp_buffer, DEFAULT_UDP_BUFFER, 64 << 10, 1 << 30),
+        receive_window: v.bytes(
+            "tunnel.receive_window",
+            &t.receive_window,
+            DEFAULT_RECEIVE_WINDOW,
+            64 << 10,
+            4 << 30,
+        ),
+        send_window: v.bytes(
+            "tunnel.send_window",
+            &t.send_window,
+            DEFAULT_SEND_WINDOW,
+            64 << 10,
+            4 << 30,
+        ),
+        udp_buffer: v.bytes(
+            "tunnel.udp_buffer",
+            &t.udp_buffer,
+            DEFAULT_UDP_BUFFER,
+            64 << 10,
+            1 << 30,
+        ),
         congestion,
         initial_rtt: v.duration(
             "tunnel.initial_rtt",
@@ -719,7 +809,10 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         v.bad(
             "tunnel.keep_alive",
             format!("{:?}", tunnel.keep_alive),
-            format!("must be shorter than tunnel.idle_timeout ({:?})", tunnel.idle_timeout),
+            format!(
+                "must be shorter than tunnel.idle_timeout ({:?})",
+                tunnel.idle_timeout
+            ),
         );
     }
 
@@ -735,7 +828,11 @@ fn validate(v: &mut V, raw: Raw) -> Config {
                 match std::fs::read_to_string(f) {
                     Ok(text) => parse_key(v, "dedup.key_file", text.trim()),
                     Err(e) => {
-                        v.bad("dedup.key_file", f, format!("cannot read: {e} (`strait certs` writes one)"));
+                        v.bad(
+                            "dedup.key_file",
+                            f,
+                            format!("cannot read: {e} (`strait certs` writes one)"),
+                        );
                         [0u8; 32]
                     }
                 }
@@ -763,14 +860,27 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         );
     }
     if !avg_chunk.is_power_of_two() {
-        v.bad("dedup.avg_chunk", avg_chunk.to_string(), "must be a power of two (e.g. 64KiB)");
+        v.bad(
+            "dedup.avg_chunk",
+            avg_chunk.to_string(),
+            "must be a power of two (e.g. 64KiB)",
+        );
     }
-    let flow_window = v.bytes("dedup.flow_window", &d.flow_window, DEFAULT_FLOW_WINDOW, 1 << 20, 1 << 30);
+    let flow_window = v.bytes(
+        "dedup.flow_window",
+        &d.flow_window,
+        DEFAULT_FLOW_WINDOW,
+        1 << 20,
+        1 << 30,
+    );
     if (flow_window as usize) < 4 * max_chunk {
         v.bad(
             "dedup.flow_window",
             flow_window.to_string(),
-            format!("must hold at least 4 maximal chunks ({} bytes)", 4 * max_chunk),
+            format!(
+                "must hold at least 4 maximal chunks ({} bytes)",
+                4 * max_chunk
+            ),
         );
     }
     let dedup = Dedup {
@@ -797,11 +907,21 @@ fn validate(v: &mut V, raw: Raw) -> Config {
                 PathBuf::new()
             }
             None => {
-                v.bad("store.path", "", "missing (a directory for the chunk store)");
+                v.bad(
+                    "store.path",
+                    "",
+                    "missing (a directory for the chunk store)",
+                );
                 PathBuf::new()
             }
         },
-        max_bytes: v.bytes("store.max_bytes", &s.max_bytes, DEFAULT_STORE_MAX_BYTES, 1 << 20, 1 << 50),
+        max_bytes: v.bytes(
+            "store.max_bytes",
+            &s.max_bytes,
+            DEFAULT_STORE_MAX_BYTES,
+            1 << 20,
+            1 << 50,
+        ),
     };
 
     let core = raw.core.map(|c| {
@@ -809,7 +929,11 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         let mut names = HashSet::new();
         let mut services = Vec::new();
         if c.service.is_empty() {
-            v.bad("core.service", "", "missing: declare at least one [[core.service]]");
+            v.bad(
+                "core.service",
+                "",
+                "missing: declare at least one [[core.service]]",
+            );
         }
         for (i, s) in c.service.iter().enumerate() {
             let p = format!("core.service[{i}]");
@@ -843,7 +967,11 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         let server_name = match &e.server_name {
             Some(n) if !n.is_empty() && n.len() <= 253 => n.clone(),
             Some(n) => {
-                v.bad("edge.server_name", n, "must be a DNS name of 1-253 characters");
+                v.bad(
+                    "edge.server_name",
+                    n,
+                    "must be a DNS name of 1-253 characters",
+                );
                 n.clone()
             }
             None => "localhost".to_string(),
@@ -852,7 +980,11 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         let mut listens = HashSet::new();
         let mut forwards = Vec::new();
         if e.forward.is_empty() {
-            v.bad("edge.forward", "", "missing: declare at least one [[edge.forward]]");
+            v.bad(
+                "edge.forward",
+                "",
+                "missing: declare at least one [[edge.forward]]",
+            );
         }
         for (i, f) in e.forward.iter().enumerate() {
             let p = format!("edge.forward[{i}]");
@@ -862,11 +994,19 @@ fn validate(v: &mut V, raw: Raw) -> Config {
                 None => service.clone(),
             };
             if !name.is_empty() && !names.insert(name.clone()) {
-                v.bad(format!("{p}.name"), &name, "duplicate forward name (set a distinct name)");
+                v.bad(
+                    format!("{p}.name"),
+                    &name,
+                    "duplicate forward name (set a distinct name)",
+                );
             }
             let listen = v.socket_addr(&format!("{p}.listen"), &f.listen, None);
             if listen.port() != 0 && !listens.insert(listen) {
-                v.bad(format!("{p}.listen"), listen.to_string(), "two forwards listen on the same address");
+                v.bad(
+                    format!("{p}.listen"),
+                    listen.to_string(),
+                    "two forwards listen on the same address",
+                );
             }
             let policy = v.policy(&p, f.dedup, &f.compression);
             forwards.push(Forward {

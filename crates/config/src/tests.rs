@@ -50,7 +50,12 @@ fn every_problem_is_reported_at_once() {
     let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(
         paths,
-        vec!["tunnel.congestion", "tunnel.initial_rtt", "store.max_bytes", "core.service[0].upstream"]
+        vec![
+            "tunnel.congestion",
+            "tunnel.initial_rtt",
+            "store.max_bytes",
+            "core.service[0].upstream"
+        ]
     );
     for pr in &p {
         assert!(!pr.value.is_empty(), "problem without value: {pr}");
@@ -67,7 +72,8 @@ fn unknown_keys_are_rejected_with_their_name() {
 
 #[test]
 fn duplicate_service_names_are_rejected() {
-    let text = format!("{CORE}\n[[core.service]]\nname = \"origin\"\nupstream = \"127.0.0.1:8001\"\n");
+    let text =
+        format!("{CORE}\n[[core.service]]\nname = \"origin\"\nupstream = \"127.0.0.1:8001\"\n");
     let p = problems(&text);
     assert_eq!(p[0].path, "core.service[1].name");
     assert!(p[0].reason.contains("duplicate"));
@@ -77,7 +83,13 @@ fn duplicate_service_names_are_rejected() {
 fn fec_settings_parse_and_reject_nonsense() {
     let t = CORE.replace("fec = \"off\"", "fec = { data = 32, repair = 4 }");
     let c = parse(&t, Path::new("c"), false).unwrap();
-    assert_eq!(c.tunnel.fec, Fec::Fixed { data: 32, repair: 4 });
+    assert_eq!(
+        c.tunnel.fec,
+        Fec::Fixed {
+            data: 32,
+            repair: 4
+        }
+    );
     let t = CORE.replace("fec = \"off\"", "fec = \"sometimes\"");
     assert_eq!(problems(&t)[0].path, "tunnel.fec");
 }
@@ -106,9 +118,14 @@ fn missing_files_are_reported_when_checked() {
     let t = CORE.replace("certs/", &format!("{}/nope/", dir.path().display()));
     std::fs::write(&path, t).unwrap();
     let err = load(&path, true).unwrap_err();
-    let Error::Invalid { problems, .. } = err else { panic!("expected problems") };
+    let Error::Invalid { problems, .. } = err else {
+        panic!("expected problems")
+    };
     let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-    assert_eq!(paths, vec!["tls.ca", "tls.cert", "tls.key", "dedup.key_file"]);
+    assert_eq!(
+        paths,
+        vec!["tls.ca", "tls.cert", "tls.key", "dedup.key_file"]
+    );
 }
 
 #[test]

@@ -13,7 +13,9 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     if num.is_empty() {
         return Err("expected a number followed by an optional unit like KiB, MiB, GiB".into());
     }
-    let value: f64 = num.parse().map_err(|_| format!("{num:?} is not a number"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{num:?} is not a number"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1000,
@@ -24,7 +26,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "m" | "mib" => 1 << 20,
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
     };
     let bytes = value * mult as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
@@ -43,7 +49,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if num.is_empty() {
         return Err("expected a number followed by a unit like ms, s, m".into());
     }
-    let value: f64 = num.parse().map_err(|_| format!("{num:?} is not a number"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{num:?} is not a number"))?;
     let secs = match unit.trim() {
         "ns" => value / 1e9,
         "us" | "µs" => value / 1e6,
@@ -52,7 +60,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         "" => return Err("missing unit (use ns, us, ms, s, m or h)".into()),
-        other => return Err(format!("unknown duration unit {other:?} (use ns, us, ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ns, us, ms, s, m or h)"
+            ))
+        }
     };
     if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
         return Err("duration out of range".into());

@@ -1,1 +1,451 @@
-//! strait-core (work in progress).
+//! The core role: accepts tunnels from edges (mutual TLS), checks each flow's service against
+//! its own table and connects only to upstreams it declares.
+//!
+//! Owns the `[core]` config section's behaviour. Never initiates a tunnel and never connects to
+//! an address an edge names: an edge names a *service*, the core maps it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strait_admin::{Direction, Metrics, TunnelSnapshot};
+use strait_chunk::{ChunkHasher, ChunkerConfig};
+use strait_codec::CompressConfig;
+use strait_config::{Config, Service};
+use strait_dedup::{EncoderConfig, FlowDecoder, FlowEncoder};
+use strait_store::{PeerSlot, Store};
+use strait_transport::endpoint::key_fingerprint;
+use strait_transport::flow::{self, FlowError, FlowParts};
+use strait_wire::{Frame, FrameDecoder, RefuseCode, PROTOCOL_VERSION};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Longest an edge may take to send its `Hello` after the handshake.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors starting a core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The config has no `[core]` section.
+    #[error("config has no [core] section")]
+    NotCore,
+    /// The transport could not start.
+    #[error(transparent)]
+    Transport(#[from] strait_transport::Error),
+    /// Chunker settings rejected.
+    #[error("dedup chunk sizes: {0}")]
+    Chunker(String),
+}
+
+/// Live tunnels, for the metrics probe.
+#[derive(Default)]
+struct Tunnels {
+    live: Mutex<HashMap<usize, quinn::Connection>>,
+    closed_tx: AtomicU64,
+    closed_rx: AtomicU64,
+    closed_lost: AtomicU64,
+}
+
+impl Tunnels {
+    fn snapshot(&self) -> TunnelSnapshot {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = TunnelSnapshot {
+            connections: live.len() as u64,
+            wan_tx_bytes: self.closed_tx.load(Relaxed),
+            wan_rx_bytes: self.closed_rx.load(Relaxed),
+            lost_packets: self.closed_lost.load(Relaxed),
+            ..Default::default()
+        };
+        let mut first = true;
+        for c in live.values() {
+            let st = c.stats();
+            s.wan_tx_bytes += st.udp_tx.bytes;
+            s.wan_rx_bytes += st.udp_rx.bytes;
+            s.lost_packets += st.path.lost_packets;
+            if first {
+                s.rtt_seconds = st.path.rtt.as_secs_f64();
+                s.cwnd_bytes = st.path.cwnd;
+                first = false;
+            }
+        }
+        s
+    }
+
+    fn remove(&self, id: usize) {
+        if let Some(c) = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        {
+            let st = c.stats();
+            self.closed_tx.fetch_add(st.udp_tx.bytes, Relaxed);
+            self.closed_rx.fetch_add(st.udp_rx.bytes, Relaxed);
+            self.closed_lost.fetch_add(st.path.lost_packets, Relaxed);
+        }
+    }
+}
+
+struct Shared {
+    cfg: Config,
+    services: HashMap<String, Service>,
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    hasher: ChunkHasher,
+    chunker: ChunkerConfig,
+    flows: TaskTracker,
+    tunnels: Tunnels,
+}
+
+/// A bound core, ready to run.
+pub struct Core {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+}
+
+impl Core {
+    /// Binds the tunnel endpoint. The store is opened by the caller (so tests can share it).
+    pub fn bind(cfg: Config, metrics: Arc<Metrics>, store: Arc<Store>) -> Result<Core, Error> {
+        let core = cfg.core.clone().ok_or(Error::NotCore)?;
+        let endpoint =
+            strait_transport::endpoint::server_endpoint(core.listen, &cfg.tls, &cfg.tunnel)?;
+        let chunker = ChunkerConfig::new(
+            cfg.dedup.min_chunk,
+            cfg.dedup.avg_chunk,
+            cfg.dedup.max_chunk,
+        )
+        .map_err(|e| Error::Chunker(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            hasher: ChunkHasher::new(cfg.dedup.key),
+            services: core
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.clone()))
+                .collect(),
+            cfg,
+            metrics: metrics.clone(),
+            store,
+            chunker,
+            flows: TaskTracker::new(),
+            tunnels: Tunnels::default(),
+        });
+        let s2 = shared.clone();
+        metrics.set_tunnel_probe(move || s2.tunnels.snapshot());
+        metrics.set_ready_probe(|| true);
+        Ok(Core { shared, endpoint })
+    }
+
+    /// The UDP address the tunnel endpoint listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains open flows for up to the configured
+    /// drain timeout and closes every tunnel.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Core { shared, endpoint } = self;
+        let mut next_id = 0usize;
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = endpoint.accept() => match i { Some(i) => i, None => break },
+            };
+            next_id += 1;
+            let id = next_id;
+            let sh = shared.clone();
+            let remote = incoming.remote_address();
+            let stop = shutdown.clone();
+            tokio::spawn(
+                async move { serve_connection(sh, incoming, id, stop).await }
+                    .instrument(tracing::info_span!("tunnel", %remote)),
+            );
+        }
+        endpoint.set_server_config(None);
+        shared.flows.close();
+        let drain = shared.cfg.drain_timeout;
+        if tokio::time::timeout(drain, shared.flows.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = shared.flows.len(),
+                ?drain,
+                "drain timeout: resetting remaining flows"
+            );
+        }
+        endpoint.close(quinn::VarInt::from_u32(0), b"core shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        if let Err(e) = shared.store.flush() {
+            tracing::warn!(error = %e, "chunk store flush failed");
+        }
+    }
+}
+
+async fn serve_connection(
+    sh: Arc<Shared>,
+    incoming: quinn::Incoming,
+    id: usize,
+    shutdown: CancellationToken,
+) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            sh.metrics.handshake_failures.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, "tunnel handshake failed");
+            return;
+        }
+    };
+    let edge = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| certs.first().and_then(strait_transport::tls::peer_name));
+    let Some(edge) = edge else {
+        sh.metrics.handshake_failures.fetch_add(1, Relaxed);
+        tracing::warn!("edge certificate carries no name; closing");
+        conn.close(quinn::VarInt::from_u32(2), b"certificate without a name");
+        return;
+    };
+    let span = tracing::info_span!("edge", name = %edge);
+    async move {
+        let peer = match sh.store.peer_slot(&edge) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot track this edge in the chunk store");
+                conn.close(quinn::VarInt::from_u32(3), b"core cannot track more edges");
+                return;
+            }
+        };
+        // Control stream: version and dedup key check.
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let mut fd = FrameDecoder::new();
+            let f = flow::read_frame(&mut recv, &mut fd, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let refuse = |code, reason: String| Frame::Refuse { code, reason };
+            let reply = match f {
+                Some(Frame::Hello {
+                    version,
+                    key_fingerprint: fp,
+                }) => {
+                    if version != PROTOCOL_VERSION {
+                        Err(refuse(
+                            RefuseCode::Version,
+                            format!("core speaks protocol {PROTOCOL_VERSION}, edge {version}"),
+                        ))
+                    } else if fp != key_fingerprint(&sh.cfg.dedup.key) {
+                        Err(refuse(
+                            RefuseCode::KeyMismatch,
+                            "dedup key differs between edge and core (dedup.key_file)".into(),
+                        ))
+                    } else {
+                        Ok(Frame::HelloOk {
+                            version: PROTOCOL_VERSION,
+                        })
+                    }
+                }
+                _ => Err(refuse(RefuseCode::Other, "expected Hello".into())),
+            };
+            let mut out = bytes::BytesMut::new();
+            match &reply {
+                Ok(f) | Err(f) => f.encode(&mut out),
+            }
+            send.write_all(&out).await.map_err(|e| e.to_string())?;
+            match reply {
+                Ok(_) => Ok((send, recv)),
+                Err(Frame::Refuse { reason, .. }) => Err(reason),
+                Err(_) => Err("refused".into()),
+            }
+        })
+        .await;
+        let _control = match hello {
+            Ok(Ok(c)) => c,
+            Ok(Err(reason)) => {
+                tracing::warn!(%reason, "tunnel refused");
+                sh.metrics.handshake_failures.fetch_add(1, Relaxed);
+                // Give the refusal a moment to reach the edge before closing.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                conn.close(quinn::VarInt::from_u32(4), reason.as_bytes());
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("edge sent no Hello in time");
+                conn.close(quinn::VarInt::from_u32(4), b"no hello");
+                return;
+            }
+        };
+        tracing::info!(rtt = ?conn.rtt(), "tunnel up");
+        sh.metrics.tunnel_connects.fetch_add(1, Relaxed);
+        sh.tunnels
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, conn.clone());
+        loop {
+            let (send, recv) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                s = conn.accept_bi() => match s {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::info!(reason = %e, "tunnel closed");
+                        break;
+                    }
+                },
+            };
+            let sh2 = sh.clone();
+            let edge2 = edge.clone();
+            sh.flows.spawn(
+                async move { serve_flow(sh2, send, recv, peer, &edge2).await }
+                    .instrument(tracing::info_span!("flow")),
+            );
+        }
+        sh.tunnels.remove(id);
+    }
+    .instrument(span)
+    .await
+}
+
+async fn refuse(send: &mut quinn::SendStream, code: RefuseCode, reason: &str) {
+    let mut out = bytes::BytesMut::new();
+    Frame::Refuse {
+        code,
+        reason: reason.to_string(),
+    }
+    .encode(&mut out);
+    let _ = send.write_all(&out).await;
+    let _ = send.finish();
+}
+
+async fn serve_flow(
+    sh: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: PeerSlot,
+    edge: &str,
+) {
+    let mut fd = FrameDecoder::new();
+    let open = match flow::read_frame(&mut recv, &mut fd, None).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "flow open failed");
+            flow::reset(&mut send, &mut recv);
+            return;
+        }
+    };
+    let Frame::Open { service, route } = open else {
+        tracing::warn!("flow did not start with Open");
+        refuse(&mut send, RefuseCode::Other, "expected Open").await;
+        let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+        return;
+    };
+    let Some(svc) = sh.services.get(&service).cloned() else {
+        sh.metrics.refused_flows.fetch_add(1, Relaxed);
+        tracing::warn!(%edge, %service, %route, "refused: service is not declared by this core");
+        refuse(
+            &mut send,
+            RefuseCode::UnknownService,
+            &format!("service {service:?} is not declared by this core"),
+        )
+        .await;
+        let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+        return;
+    };
+    let timeout = sh
+        .cfg
+        .core
+        .as_ref()
+        .map(|c| c.upstream_connect_timeout)
+        .unwrap_or(Duration::from_secs(10));
+    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&svc.upstream))
+        .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            sh.metrics.refused_flows.fetch_add(1, Relaxed);
+            tracing::warn!(%service, upstream = %svc.upstream, error = %e, "upstream unreachable");
+            refuse(
+                &mut send,
+                RefuseCode::UpstreamUnreachable,
+                &format!("upstream {} of service {service:?}: {e}", svc.upstream),
+            )
+            .await;
+            let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+            return;
+        }
+        Err(_) => {
+            sh.metrics.refused_flows.fetch_add(1, Relaxed);
+            tracing::warn!(%service, upstream = %svc.upstream, "upstream connect timed out");
+            refuse(
+                &mut send,
+                RefuseCode::UpstreamUnreachable,
+                &format!(
+                    "upstream {} of service {service:?}: connect timed out",
+                    svc.upstream
+                ),
+            )
+            .await;
+            let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+            return;
+        }
+    };
+    let mut out = bytes::BytesMut::new();
+    Frame::OpenOk.encode(&mut out);
+    if send.write_all(&out).await.is_err() {
+        return;
+    }
+    let tx_stats = sh.metrics.route(&svc.name, Direction::Download);
+    let rx_stats = sh.metrics.route(&svc.name, Direction::Upload);
+    tx_stats.flows.fetch_add(1, Relaxed);
+    let _open = sh.metrics.open_flow();
+    let d = &sh.cfg.dedup;
+    let encoder = FlowEncoder::new(
+        EncoderConfig {
+            chunker: sh.chunker,
+            dedup: svc.policy.dedup,
+            compress: CompressConfig {
+                level: svc.policy.compression,
+                tensor: true,
+            },
+            window: d.flow_window,
+        },
+        sh.hasher.clone(),
+        sh.store.clone(),
+        peer,
+        tx_stats.clone(),
+    );
+    let decoder = FlowDecoder::new(
+        sh.hasher.clone(),
+        sh.store.clone(),
+        peer,
+        d.flow_window,
+        rx_stats.clone(),
+    );
+    let parts = FlowParts {
+        encoder,
+        decoder,
+        tx_stats,
+        rx_stats,
+        flush_delay: d.flush_delay,
+        prefix: fd,
+        expect_open_ok: false,
+    };
+    match flow::pump(tcp, &mut send, &mut recv, parts).await {
+        Ok(()) => tracing::debug!(%service, "flow done"),
+        Err(e) => {
+            sh.metrics.flow_errors.fetch_add(1, Relaxed);
+            match e {
+                FlowError::Client(_) => {
+                    tracing::info!(%service, error = %e, "flow reset by upstream")
+                }
+                _ => tracing::warn!(%service, error = %e, "flow failed"),
+            }
+        }
+    }
+}

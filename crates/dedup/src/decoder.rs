@@ -35,7 +35,13 @@ pub struct FlowDecoder {
 impl FlowDecoder {
     /// A decoder for data from `peer`; `window` is the sender's flow window (the queue bound is
     /// twice that, so a conforming sender can never exceed it).
-    pub fn new(hasher: ChunkHasher, store: Arc<Store>, peer: PeerSlot, window: u64, stats: Arc<RouteStats>) -> Self {
+    pub fn new(
+        hasher: ChunkHasher,
+        store: Arc<Store>,
+        peer: PeerSlot,
+        window: u64,
+        stats: Arc<RouteStats>,
+    ) -> Self {
         FlowDecoder {
             hasher,
             store,
@@ -43,7 +49,9 @@ impl FlowDecoder {
             codec: strait_codec::Decoder::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
-            max_queue: window.saturating_mul(2).saturating_add(MAX_CHUNK_LEN as u64),
+            max_queue: window
+                .saturating_mul(2)
+                .saturating_add(MAX_CHUNK_LEN as u64),
             attempts: HashMap::new(),
             delivered: 0,
             last_ack: 0,
@@ -52,8 +60,18 @@ impl FlowDecoder {
         }
     }
 
-    fn decode_verified(&mut self, id: &WireId, codec: u8, len: u32, payload: &[u8]) -> Result<Option<Bytes>, Error> {
-        let codec_id = CodecId::try_from(codec & !NO_STORE_FLAG).map_err(|source| Error::Codec { id: short(id), source })?;
+    fn decode_verified(
+        &mut self,
+        id: &WireId,
+        codec: u8,
+        len: u32,
+        payload: &[u8],
+    ) -> Result<Option<Bytes>, Error> {
+        let codec_id =
+            CodecId::try_from(codec & !NO_STORE_FLAG).map_err(|source| Error::Codec {
+                id: short(id),
+                source,
+            })?;
         let mut out = Vec::with_capacity(len as usize);
         if let Err(e) = self.codec.decode(codec_id, payload, len as usize, &mut out) {
             // A payload that does not decode is treated like a corrupt chunk: ask again.
@@ -104,7 +122,12 @@ impl FlowDecoder {
     /// the peer in one `Want` frame).
     pub fn on_frame(&mut self, frame: Frame, wants: &mut Vec<WireId>) -> Result<(), Error> {
         match frame {
-            Frame::Literal { id, codec, len, payload } => {
+            Frame::Literal {
+                id,
+                codec,
+                len,
+                payload,
+            } => {
                 if self.ended {
                     return Err(Error::DataAfterEnd);
                 }
@@ -142,7 +165,9 @@ impl FlowDecoder {
                     };
                     match found {
                         Some(b) => {
-                            self.stats.dedup_saved_bytes.fetch_add(r.len as u64, Relaxed);
+                            self.stats
+                                .dedup_saved_bytes
+                                .fetch_add(r.len as u64, Relaxed);
                             self.push_slot(Slot::Ready(b), r.len)?;
                         }
                         None => {
@@ -160,7 +185,12 @@ impl FlowDecoder {
                     }
                 }
             }
-            Frame::Supply { id, codec, len, payload } => {
+            Frame::Supply {
+                id,
+                codec,
+                len,
+                payload,
+            } => {
                 let expected = self.queue.iter().find_map(|s| match s {
                     Slot::Waiting { id: w, len: l, .. } if *w == id => Some(*l),
                     _ => None,
@@ -169,7 +199,10 @@ impl FlowDecoder {
                     return Err(Error::UnrequestedSupply(short(&id)));
                 };
                 if expected_len != len {
-                    return Err(Error::Corrupt { id: short(&id), attempts: 1 });
+                    return Err(Error::Corrupt {
+                        id: short(&id),
+                        attempts: 1,
+                    });
                 }
                 match self.decode_verified(&id, codec, len, &payload)? {
                     Some(data) => {
@@ -207,7 +240,9 @@ impl FlowDecoder {
             Some(Slot::Ready(_)) => {}
             _ => return None,
         }
-        let Some(Slot::Ready(b)) = self.queue.pop_front() else { return None };
+        let Some(Slot::Ready(b)) = self.queue.pop_front() else {
+            return None;
+        };
         self.queued_bytes -= b.len() as u64;
         self.delivered += 1;
         self.stats.logical_bytes.fetch_add(b.len() as u64, Relaxed);
@@ -216,7 +251,9 @@ impl FlowDecoder {
 
     /// An `Ack` to send, when enough was delivered since the last one (or the queue drained).
     pub fn take_ack(&mut self) -> Option<Frame> {
-        if self.delivered > self.last_ack && (self.queue.is_empty() || self.delivered - self.last_ack >= ACK_EVERY) {
+        if self.delivered > self.last_ack
+            && (self.queue.is_empty() || self.delivered - self.last_ack >= ACK_EVERY)
+        {
             self.last_ack = self.delivered;
             return Some(Frame::Ack(self.delivered));
         }

@@ -45,7 +45,13 @@ pub struct FlowEncoder {
 
 impl FlowEncoder {
     /// An encoder sending to `peer`, storing into `store`, counting into `stats`.
-    pub fn new(cfg: EncoderConfig, hasher: ChunkHasher, store: Arc<Store>, peer: PeerSlot, stats: Arc<RouteStats>) -> Self {
+    pub fn new(
+        cfg: EncoderConfig,
+        hasher: ChunkHasher,
+        store: Arc<Store>,
+        peer: PeerSlot,
+        stats: Arc<RouteStats>,
+    ) -> Self {
         FlowEncoder {
             chunker: Chunker::new(cfg.chunker),
             codec: strait_codec::Encoder::new(cfg.compress),
@@ -95,10 +101,11 @@ impl FlowEncoder {
         !self.partial.is_empty() || !self.refs.is_empty()
     }
 
-    /// Cuts the partial chunk here (the flush delay expired) and emits pending references.
+    /// Sends the partial chunk now (the client went idle for the flush delay) and emits pending
+    /// references. The chunker keeps its state, so the next content-defined boundary falls where
+    /// it would have without the flush: one chunk is split in two, every later one is unchanged.
     pub fn flush(&mut self, out: &mut BytesMut) {
         if !self.partial.is_empty() {
-            self.chunker.reset();
             let chunk = Bytes::from(std::mem::take(&mut self.partial));
             self.emit_chunk(chunk, out);
         }
@@ -163,7 +170,14 @@ impl FlowEncoder {
             self.scratch.clear();
             let codec = self.codec.encode(&data, &mut self.scratch);
             let flag = if self.cfg.dedup { 0 } else { NO_STORE_FLAG };
-            Frame::encode_chunk(out, true, id, u8::from(codec) | flag, data.len() as u32, &self.scratch);
+            Frame::encode_chunk(
+                out,
+                true,
+                id,
+                u8::from(codec) | flag,
+                data.len() as u32,
+                &self.scratch,
+            );
             if self.cfg.dedup {
                 // The supplied copy is stored by the peer: referencing it again is safe.
                 let _ = self.store.mark_peer(id, self.peer);
@@ -183,7 +197,10 @@ impl FlowEncoder {
         let len = chunk.len();
         self.stats.logical_bytes.fetch_add(len as u64, Relaxed);
         if self.cfg.dedup && self.store.peer_has(&id, self.peer) {
-            self.refs.push(ChunkRef { id, len: len as u32 });
+            self.refs.push(ChunkRef {
+                id,
+                len: len as u32,
+            });
             self.stats.ref_chunks.fetch_add(1, Relaxed);
             self.stats.dedup_saved_bytes.fetch_add(len as u64, Relaxed);
         } else {
@@ -191,7 +208,14 @@ impl FlowEncoder {
             self.scratch.clear();
             let codec = self.codec.encode(&chunk, &mut self.scratch);
             let flag = if self.cfg.dedup { 0 } else { NO_STORE_FLAG };
-            Frame::encode_chunk(out, false, &id, u8::from(codec) | flag, len as u32, &self.scratch);
+            Frame::encode_chunk(
+                out,
+                false,
+                &id,
+                u8::from(codec) | flag,
+                len as u32,
+                &self.scratch,
+            );
             self.stats.literal_chunks.fetch_add(1, Relaxed);
             self.stats
                 .compression_saved_bytes

@@ -33,7 +33,9 @@ fn small_chunks() -> ChunkerConfig {
 fn data(seed: u64, len: usize) -> Vec<u8> {
     // Half text-like (compressible), half random.
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let words = ["tensor", "shard", "label", "text", "{\"id\":", "0.125", "\n"];
+    let words = [
+        "tensor", "shard", "label", "text", "{\"id\":", "0.125", "\n",
+    ];
     let mut v = Vec::with_capacity(len);
     while v.len() < len / 2 {
         v.extend_from_slice(words[rng.gen_range(0..words.len())].as_bytes());
@@ -61,10 +63,19 @@ fn transfer(
     let cfg = EncoderConfig {
         chunker: small_chunks(),
         dedup,
-        compress: CompressConfig { level: Some(3), tensor: true },
+        compress: CompressConfig {
+            level: Some(3),
+            tensor: true,
+        },
         window: 1 << 20,
     };
-    let mut enc = FlowEncoder::new(cfg, hasher.clone(), tx.store.clone(), tx_peer, tx_stats.clone());
+    let mut enc = FlowEncoder::new(
+        cfg,
+        hasher.clone(),
+        tx.store.clone(),
+        tx_peer,
+        tx_stats.clone(),
+    );
     let mut dec = FlowDecoder::new(hasher, rx.store.clone(), rx_peer, 1 << 20, rx_stats.clone());
     let mut out = Vec::new();
     let mut wire = BytesMut::new();
@@ -105,10 +116,16 @@ fn repeat_transfer_sends_only_references() {
     let input = data(1, 400_000);
     let s1 = Arc::new(RouteStats::default());
     let r1 = Arc::new(RouteStats::default());
-    assert_eq!(transfer(&input, &tx, &rx, true, &s1, &r1, |_| {}).unwrap(), input);
+    assert_eq!(
+        transfer(&input, &tx, &rx, true, &s1, &r1, |_| {}).unwrap(),
+        input
+    );
     let s2 = Arc::new(RouteStats::default());
     let r2 = Arc::new(RouteStats::default());
-    assert_eq!(transfer(&input, &tx, &rx, true, &s2, &r2, |_| {}).unwrap(), input);
+    assert_eq!(
+        transfer(&input, &tx, &rx, true, &s2, &r2, |_| {}).unwrap(),
+        input
+    );
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(s2.literal_chunks.load(Relaxed), 0);
     assert_eq!(s2.dedup_saved_bytes.load(Relaxed), input.len() as u64);
@@ -121,10 +138,31 @@ fn wiped_receiver_store_misses_and_recovers_byte_exact() {
     let (tx, rx) = (side(), side());
     let input = data(2, 300_000);
     let s = Arc::new(RouteStats::default());
-    transfer(&input, &tx, &rx, true, &s, &Arc::new(RouteStats::default()), |_| {}).unwrap();
+    transfer(
+        &input,
+        &tx,
+        &rx,
+        true,
+        &s,
+        &Arc::new(RouteStats::default()),
+        |_| {},
+    )
+    .unwrap();
     let fresh = side();
     let r = Arc::new(RouteStats::default());
-    assert_eq!(transfer(&input, &tx, &fresh, true, &Arc::new(RouteStats::default()), &r, |_| {}).unwrap(), input);
+    assert_eq!(
+        transfer(
+            &input,
+            &tx,
+            &fresh,
+            true,
+            &Arc::new(RouteStats::default()),
+            &r,
+            |_| {}
+        )
+        .unwrap(),
+        input
+    );
     use std::sync::atomic::Ordering::Relaxed;
     assert!(r.misses.load(Relaxed) > 0);
 }
@@ -135,16 +173,24 @@ fn corrupted_literal_is_re_requested_never_delivered() {
     let input = data(3, 100_000);
     let r = Arc::new(RouteStats::default());
     let mut flipped = 0;
-    let out = transfer(&input, &tx, &rx, true, &Arc::new(RouteStats::default()), &r, |f| {
-        if let Frame::Literal { payload, codec, .. } = f {
-            if flipped < 3 && *codec & 0x7f == 0 {
-                let mut p = payload.to_vec();
-                p[0] ^= 1;
-                *payload = p.into();
-                flipped += 1;
+    let out = transfer(
+        &input,
+        &tx,
+        &rx,
+        true,
+        &Arc::new(RouteStats::default()),
+        &r,
+        |f| {
+            if let Frame::Literal { payload, codec, .. } = f {
+                if flipped < 3 && *codec & 0x7f == 0 {
+                    let mut p = payload.to_vec();
+                    p[0] ^= 1;
+                    *payload = p.into();
+                    flipped += 1;
+                }
             }
-        }
-    })
+        },
+    )
     .unwrap();
     assert_eq!(out, input);
     use std::sync::atomic::Ordering::Relaxed;
@@ -155,14 +201,22 @@ fn corrupted_literal_is_re_requested_never_delivered() {
 fn chunk_corrupted_on_every_attempt_resets_the_flow() {
     let (tx, rx) = (side(), side());
     let input = data(4, 50_000);
-    let err = transfer(&input, &tx, &rx, true, &Arc::new(RouteStats::default()), &Arc::new(RouteStats::default()), |f| {
-        if let Frame::Literal { payload, .. } | Frame::Supply { payload, .. } = f {
-            let mut p = payload.to_vec();
-            let last = p.len() - 1;
-            p[last] ^= 0x55;
-            *payload = p.into();
-        }
-    })
+    let err = transfer(
+        &input,
+        &tx,
+        &rx,
+        true,
+        &Arc::new(RouteStats::default()),
+        &Arc::new(RouteStats::default()),
+        |f| {
+            if let Frame::Literal { payload, .. } | Frame::Supply { payload, .. } = f {
+                let mut p = payload.to_vec();
+                let last = p.len() - 1;
+                p[last] ^= 0x55;
+                *payload = p.into();
+            }
+        },
+    )
     .unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
@@ -181,12 +235,25 @@ fn reference_to_a_chunk_never_given_yields_no_data() {
     let stats = Arc::new(RouteStats::default());
     let mut dec = FlowDecoder::new(hasher, rx.store.clone(), hostile, 1 << 20, stats.clone());
     let mut wants = Vec::new();
-    dec.on_frame(Frame::Refs(vec![strait_wire::ChunkRef { id, len: 5000 }]), &mut wants).unwrap();
+    dec.on_frame(
+        Frame::Refs(vec![strait_wire::ChunkRef { id, len: 5000 }]),
+        &mut wants,
+    )
+    .unwrap();
     assert_eq!(wants, vec![id]);
     assert!(dec.pop_ready().is_none());
     // A supply of wrong bytes under that id is refused, never delivered.
     let mut w2 = Vec::new();
-    dec.on_frame(Frame::Supply { id, codec: 0, len: 5000, payload: vec![0u8; 5000].into() }, &mut w2).unwrap();
+    dec.on_frame(
+        Frame::Supply {
+            id,
+            codec: 0,
+            len: 5000,
+            payload: vec![0u8; 5000].into(),
+        },
+        &mut w2,
+    )
+    .unwrap();
     assert!(dec.pop_ready().is_none());
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(stats.misses.load(Relaxed), 1);
@@ -198,14 +265,45 @@ fn unrequested_supply_and_unknown_want_are_protocol_errors() {
     let s = side();
     let hasher = ChunkHasher::new(KEY);
     let p = s.store.peer_slot("x").unwrap();
-    let mut dec = FlowDecoder::new(hasher.clone(), s.store.clone(), p, 1 << 20, Arc::new(RouteStats::default()));
+    let mut dec = FlowDecoder::new(
+        hasher.clone(),
+        s.store.clone(),
+        p,
+        1 << 20,
+        Arc::new(RouteStats::default()),
+    );
     let err = dec
-        .on_frame(Frame::Supply { id: [1; 32], codec: 0, len: 1, payload: vec![0].into() }, &mut Vec::new())
+        .on_frame(
+            Frame::Supply {
+                id: [1; 32],
+                codec: 0,
+                len: 1,
+                payload: vec![0].into(),
+            },
+            &mut Vec::new(),
+        )
         .unwrap_err();
     assert!(matches!(err, Error::UnrequestedSupply(_)));
-    let cfg = EncoderConfig { chunker: small_chunks(), dedup: true, compress: CompressConfig { level: None, tensor: false }, window: 1 << 20 };
-    let mut enc = FlowEncoder::new(cfg, hasher, s.store.clone(), p, Arc::new(RouteStats::default()));
-    assert!(matches!(enc.on_want(&[[2; 32]], &mut BytesMut::new()).unwrap_err(), Error::UnknownWant(_)));
+    let cfg = EncoderConfig {
+        chunker: small_chunks(),
+        dedup: true,
+        compress: CompressConfig {
+            level: None,
+            tensor: false,
+        },
+        window: 1 << 20,
+    };
+    let mut enc = FlowEncoder::new(
+        cfg,
+        hasher,
+        s.store.clone(),
+        p,
+        Arc::new(RouteStats::default()),
+    );
+    assert!(matches!(
+        enc.on_want(&[[2; 32]], &mut BytesMut::new()).unwrap_err(),
+        Error::UnknownWant(_)
+    ));
     assert!(matches!(enc.on_ack(1).unwrap_err(), Error::BadAck { .. }));
 }
 

@@ -1,1 +1,488 @@
-//! strait-edge (work in progress).
+//! The edge role: listens where pipelines connect, keeps one tunnel to the core up (reconnecting
+//! with backoff), and carries each accepted TCP connection as one QUIC stream.
+//!
+//! Owns the `[edge]` config section's behaviour. Never connects anywhere but its core: what a
+//! forward reaches is decided by the core's service table.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strait_admin::{Direction, Metrics, TunnelSnapshot};
+use strait_chunk::{ChunkHasher, ChunkerConfig};
+use strait_codec::CompressConfig;
+use strait_config::{Config, Forward};
+use strait_dedup::{EncoderConfig, FlowDecoder, FlowEncoder};
+use strait_store::{PeerSlot, Store};
+use strait_transport::endpoint::key_fingerprint;
+use strait_transport::flow::{self, FlowError, FlowParts};
+use strait_wire::{Frame, FrameDecoder, PROTOCOL_VERSION};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Errors starting an edge.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The config has no `[edge]` section.
+    #[error("config has no [edge] section")]
+    NotEdge,
+    /// A forward's listen address could not be bound.
+    #[error("edge.forward {name:?}: cannot listen on {addr}: {source}")]
+    Listen {
+        /// Forward name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The transport could not start.
+    #[error(transparent)]
+    Transport(#[from] strait_transport::Error),
+    /// The chunk store refused this peer.
+    #[error("chunk store: {0}")]
+    Store(String),
+    /// Chunker settings rejected.
+    #[error("dedup chunk sizes: {0}")]
+    Chunker(String),
+}
+
+/// Why a flow could not be carried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The tunnel stayed down for the whole wait.
+    #[error("tunnel to the core is down (waited {0:?})")]
+    TunnelDown(Duration),
+    /// Opening the stream failed.
+    #[error("opening a stream: {0}")]
+    Stream(String),
+}
+
+struct Shared {
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    peer: PeerSlot,
+    hasher: ChunkHasher,
+    chunker: ChunkerConfig,
+    tunnel: watch::Receiver<Option<quinn::Connection>>,
+    flows: TaskTracker,
+    closed_tx: AtomicU64,
+    closed_rx: AtomicU64,
+    current: Mutex<Option<quinn::Connection>>,
+}
+
+/// A bound edge, ready to run.
+pub struct Edge {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    listeners: Vec<(Forward, TcpListener)>,
+    tunnel_tx: watch::Sender<Option<quinn::Connection>>,
+}
+
+/// Resolves `host:port`, preferring the first address.
+async fn resolve(hp: &str) -> std::io::Result<SocketAddr> {
+    tokio::net::lookup_host(hp).await?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{hp} resolves to no address"),
+        )
+    })
+}
+
+impl Edge {
+    /// Binds every forward's listener and the QUIC client endpoint.
+    pub async fn bind(
+        cfg: Config,
+        metrics: Arc<Metrics>,
+        store: Arc<Store>,
+    ) -> Result<Edge, Error> {
+        let edge = cfg.edge.clone().ok_or(Error::NotEdge)?;
+        let mut listeners = Vec::new();
+        for f in &edge.forwards {
+            let l = TcpListener::bind(f.listen)
+                .await
+                .map_err(|source| Error::Listen {
+                    name: f.name.clone(),
+                    addr: f.listen,
+                    source,
+                })?;
+            listeners.push((f.clone(), l));
+        }
+        let core_addr = resolve(&edge.core).await.map_err(|e| {
+            Error::Transport(strait_transport::Error::Io {
+                context: format!("resolving edge.core {}", edge.core),
+                source: e,
+            })
+        })?;
+        let endpoint =
+            strait_transport::endpoint::client_endpoint(core_addr, &cfg.tls, &cfg.tunnel)?;
+        let peer = store
+            .peer_slot(&format!("core@{}", edge.server_name))
+            .map_err(|e| Error::Store(e.to_string()))?;
+        let chunker = ChunkerConfig::new(
+            cfg.dedup.min_chunk,
+            cfg.dedup.avg_chunk,
+            cfg.dedup.max_chunk,
+        )
+        .map_err(|e| Error::Chunker(e.to_string()))?;
+        let (tunnel_tx, tunnel_rx) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            hasher: ChunkHasher::new(cfg.dedup.key),
+            cfg,
+            metrics: metrics.clone(),
+            store,
+            peer,
+            chunker,
+            tunnel: tunnel_rx,
+            flows: TaskTracker::new(),
+            closed_tx: AtomicU64::new(0),
+            closed_rx: AtomicU64::new(0),
+            current: Mutex::new(None),
+        });
+        let s2 = shared.clone();
+        metrics.set_tunnel_probe(move || s2.snapshot());
+        let s3 = shared.clone();
+        metrics.set_ready_probe(move || s3.tunnel.borrow().is_some());
+        Ok(Edge {
+            shared,
+            endpoint,
+            listeners,
+            tunnel_tx,
+        })
+    }
+
+    /// The addresses the forwards listen on, by forward name.
+    pub fn forward_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(f, l)| l.local_addr().ok().map(|a| (f.name.clone(), a)))
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains open flows and closes the tunnel.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Edge {
+            shared,
+            endpoint,
+            listeners,
+            tunnel_tx,
+        } = self;
+        let tunnel_task = tokio::spawn(
+            maintain_tunnel(
+                shared.clone(),
+                endpoint.clone(),
+                tunnel_tx,
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("tunnel")),
+        );
+        let limit = Arc::new(Semaphore::new(shared.cfg.tunnel.max_flows as usize));
+        let mut accept_tasks = Vec::new();
+        for (fwd, listener) in listeners {
+            let sh = shared.clone();
+            let stop = shutdown.clone();
+            let limit = limit.clone();
+            let span = tracing::info_span!("forward", name = %fwd.name, listen = %fwd.listen);
+            accept_tasks.push(tokio::spawn(
+                async move {
+                    loop {
+                        // Backpressure: at most max_flows flows; beyond that, leave
+                        // connections in the kernel's accept queue.
+                        let permit = tokio::select! {
+                            _ = stop.cancelled() => break,
+                            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                        };
+                        let (tcp, client) = tokio::select! {
+                            _ = stop.cancelled() => break,
+                            a = listener.accept() => match a {
+                                Ok(a) => a,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "accept failed");
+                                    continue;
+                                }
+                            },
+                        };
+                        let sh2 = sh.clone();
+                        let f2 = fwd.clone();
+                        sh.flows.spawn(
+                            async move {
+                                carry(sh2, f2, tcp).await;
+                                drop(permit);
+                            }
+                            .instrument(tracing::info_span!("flow", %client)),
+                        );
+                    }
+                }
+                .instrument(span),
+            ));
+        }
+        shutdown.cancelled().await;
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        shared.flows.close();
+        let drain = shared.cfg.drain_timeout;
+        if tokio::time::timeout(drain, shared.flows.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = shared.flows.len(),
+                ?drain,
+                "drain timeout: resetting remaining flows"
+            );
+        }
+        let _ = tunnel_task.await;
+        endpoint.close(quinn::VarInt::from_u32(0), b"edge shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        if let Err(e) = shared.store.flush() {
+            tracing::warn!(error = %e, "chunk store flush failed");
+        }
+    }
+}
+
+impl Shared {
+    fn snapshot(&self) -> TunnelSnapshot {
+        let mut s = TunnelSnapshot {
+            wan_tx_bytes: self.closed_tx.load(Relaxed),
+            wan_rx_bytes: self.closed_rx.load(Relaxed),
+            ..Default::default()
+        };
+        if let Some(c) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let st = c.stats();
+            s.wan_tx_bytes += st.udp_tx.bytes;
+            s.wan_rx_bytes += st.udp_rx.bytes;
+            s.lost_packets = st.path.lost_packets;
+            s.rtt_seconds = st.path.rtt.as_secs_f64();
+            s.cwnd_bytes = st.path.cwnd;
+            s.connections = u64::from(c.close_reason().is_none());
+        }
+        s
+    }
+
+    /// The tunnel, waiting up to `edge.flow_wait` for it to come up.
+    async fn connection(&self) -> Result<quinn::Connection, OpenError> {
+        let wait = self
+            .cfg
+            .edge
+            .as_ref()
+            .map(|e| e.flow_wait)
+            .unwrap_or_default();
+        let mut rx = self.tunnel.clone();
+        let got = tokio::time::timeout(wait, async {
+            loop {
+                if let Some(c) = rx.borrow_and_update().clone() {
+                    if c.close_reason().is_none() {
+                        return Some(c);
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match got {
+            Ok(Some(c)) => Ok(c),
+            _ => Err(OpenError::TunnelDown(wait)),
+        }
+    }
+}
+
+/// A tunnel and its control stream (kept open for the life of the connection).
+type Tunnel = (quinn::Connection, quinn::SendStream, quinn::RecvStream);
+
+async fn connect_once(sh: &Shared, endpoint: &quinn::Endpoint) -> Result<Tunnel, String> {
+    let edge = sh.cfg.edge.as_ref().ok_or("no [edge] section")?;
+    let addr = resolve(&edge.core)
+        .await
+        .map_err(|e| format!("resolving {}: {e}", edge.core))?;
+    let connecting = endpoint
+        .connect(addr, &edge.server_name)
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let conn = tokio::time::timeout(edge.connect_timeout, connecting)
+        .await
+        .map_err(|_| {
+            format!(
+                "handshake with {addr} timed out after {:?}",
+                edge.connect_timeout
+            )
+        })?
+        .map_err(|e| format!("handshake with {addr} ({}) failed: {e}", edge.server_name))?;
+    // Control stream: protocol version and dedup key check.
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut out = bytes::BytesMut::new();
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        key_fingerprint: key_fingerprint(&sh.cfg.dedup.key),
+    }
+    .encode(&mut out);
+    send.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut fd = FrameDecoder::new();
+    let reply = tokio::time::timeout(
+        edge.connect_timeout,
+        flow::read_frame(&mut recv, &mut fd, None),
+    )
+    .await
+    .map_err(|_| "core sent no HelloOk in time".to_string())?;
+    match reply {
+        Ok(Some(Frame::HelloOk { .. })) => Ok((conn, send, recv)),
+        Ok(Some(Frame::Refuse { reason, .. })) => Err(format!("core refused the tunnel: {reason}")),
+        Ok(_) => Err("core closed the control stream".into()),
+        Err(e) => Err(format!(
+            "control stream: {e}; close reason: {:?}",
+            conn.close_reason()
+        )),
+    }
+}
+
+async fn maintain_tunnel(
+    sh: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    tx: watch::Sender<Option<quinn::Connection>>,
+    shutdown: CancellationToken,
+) {
+    let edge = match sh.cfg.edge.as_ref() {
+        Some(e) => e.clone(),
+        None => return,
+    };
+    let mut backoff = edge.reconnect_min;
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = connect_once(&sh, &endpoint) => r,
+        };
+        match attempt {
+            Ok((conn, _control_send, _control_recv)) => {
+                backoff = edge.reconnect_min;
+                sh.metrics.tunnel_connects.fetch_add(1, Relaxed);
+                tracing::info!(core = %edge.core, rtt = ?conn.rtt(), "tunnel up");
+                *sh.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                let _ = tx.send(Some(conn.clone()));
+                let reason = tokio::select! {
+                    _ = shutdown.cancelled() => None,
+                    r = conn.closed() => Some(r),
+                };
+                let _ = tx.send(None);
+                let st = conn.stats();
+                sh.closed_tx.fetch_add(st.udp_tx.bytes, Relaxed);
+                sh.closed_rx.fetch_add(st.udp_rx.bytes, Relaxed);
+                *sh.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                match reason {
+                    None => {
+                        // Let draining flows finish before the tunnel closes.
+                        sh.flows.wait().await;
+                        conn.close(quinn::VarInt::from_u32(0), b"edge shutting down");
+                        break;
+                    }
+                    Some(r) => tracing::warn!(reason = %r, "tunnel down; reconnecting"),
+                }
+            }
+            Err(e) => {
+                sh.metrics.handshake_failures.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, retry_in = ?backoff, "tunnel connect failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(edge.reconnect_max);
+            }
+        }
+    }
+}
+
+async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
+    let fail = |tcp: TcpStream, e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, service = %fwd.service, "flow failed before it started");
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        drop(tcp);
+    };
+    let conn = match sh.connection().await {
+        Ok(c) => c,
+        Err(e) => {
+            sh.metrics.flow_errors.fetch_add(1, Relaxed);
+            return fail(tcp, &e);
+        }
+    };
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            sh.metrics.flow_errors.fetch_add(1, Relaxed);
+            return fail(tcp, &OpenError::Stream(e.to_string()));
+        }
+    };
+    let tx_stats = sh.metrics.route(&fwd.name, Direction::Upload);
+    let rx_stats = sh.metrics.route(&fwd.name, Direction::Download);
+    let mut out = bytes::BytesMut::new();
+    Frame::Open {
+        service: fwd.service.clone(),
+        route: fwd.name.clone(),
+    }
+    .encode(&mut out);
+    if let Err(e) = send.write_all(&out).await {
+        sh.metrics.flow_errors.fetch_add(1, Relaxed);
+        return fail(tcp, &e);
+    }
+    tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
+    tx_stats.flows.fetch_add(1, Relaxed);
+    let _open = sh.metrics.open_flow();
+    let d = &sh.cfg.dedup;
+    let encoder = FlowEncoder::new(
+        EncoderConfig {
+            chunker: sh.chunker,
+            dedup: fwd.policy.dedup,
+            compress: CompressConfig {
+                level: fwd.policy.compression,
+                tensor: true,
+            },
+            window: d.flow_window,
+        },
+        sh.hasher.clone(),
+        sh.store.clone(),
+        sh.peer,
+        tx_stats.clone(),
+    );
+    let decoder = FlowDecoder::new(
+        sh.hasher.clone(),
+        sh.store.clone(),
+        sh.peer,
+        d.flow_window,
+        rx_stats.clone(),
+    );
+    let parts = FlowParts {
+        encoder,
+        decoder,
+        tx_stats,
+        rx_stats,
+        flush_delay: d.flush_delay,
+        prefix: FrameDecoder::new(),
+        expect_open_ok: true,
+    };
+    match flow::pump(tcp, &mut send, &mut recv, parts).await {
+        Ok(()) => tracing::debug!(route = %fwd.name, "flow done"),
+        Err(e) => {
+            sh.metrics.flow_errors.fetch_add(1, Relaxed);
+            match &e {
+                FlowError::Refused { .. } => {
+                    sh.metrics.refused_flows.fetch_add(1, Relaxed);
+                    tracing::warn!(route = %fwd.name, service = %fwd.service, error = %e, "core refused the flow")
+                }
+                FlowError::Client(_) => {
+                    tracing::info!(route = %fwd.name, error = %e, "flow reset by client")
+                }
+                _ => tracing::warn!(route = %fwd.name, error = %e, "flow failed"),
+            }
+        }
+    }
+}

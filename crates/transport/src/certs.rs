@@ -66,17 +66,24 @@ fn write_file(path: &Path, contents: &[u8], secret: bool, force: bool) -> Result
     }
     f.write_all(contents)
         .map_err(io_err(format!("writing {}", path.display())))?;
-    f.sync_all().map_err(io_err(format!("syncing {}", path.display())))
+    f.sync_all()
+        .map_err(io_err(format!("syncing {}", path.display())))
 }
 
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 253
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
 }
 
 /// Creates (or reuses) the CA in `out` and issues certificates for `cores` and `edges`.
-pub fn generate(out: &Path, cores: &[String], edges: &[String], force: bool) -> Result<Generated, Error> {
+pub fn generate(
+    out: &Path,
+    cores: &[String],
+    edges: &[String],
+    force: bool,
+) -> Result<Generated, Error> {
     for n in cores.iter().chain(edges) {
         if !valid_name(n) {
             return Err(Error::CertGen(format!(
@@ -181,7 +188,12 @@ pub fn generate(out: &Path, cores: &[String], edges: &[String], force: bool) -> 
     } else {
         let mut key = [0u8; 32];
         rand::Rng::fill(&mut rand::rngs::OsRng, &mut key[..]);
-        write_file(&key_path, format!("{}\n", hex::encode(key)).as_bytes(), true, force)?;
+        write_file(
+            &key_path,
+            format!("{}\n", hex::encode(key)).as_bytes(),
+            true,
+            force,
+        )?;
         g.written.push(key_path);
     }
     Ok(g)
@@ -198,14 +210,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let g = generate(dir.path(), &["localhost".into()], &["edge-a".into()], false).unwrap();
         assert_eq!(g.written.len(), 7);
-        for f in ["ca.key", "core-localhost.key", "edge-edge-a.key", "dedup.key"] {
-            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+        for f in [
+            "ca.key",
+            "core-localhost.key",
+            "edge-edge-a.key",
+            "dedup.key",
+        ] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         let before = std::fs::read(dir.path().join("edge-edge-a.pem")).unwrap();
         let err = generate(dir.path(), &[], &["edge-a".into()], false).unwrap_err();
         assert!(matches!(err, Error::Exists(_)), "{err}");
-        assert_eq!(std::fs::read(dir.path().join("edge-edge-a.pem")).unwrap(), before);
+        assert_eq!(
+            std::fs::read(dir.path().join("edge-edge-a.pem")).unwrap(),
+            before
+        );
         // Adding an edge reuses the CA.
         let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
         let g = generate(dir.path(), &[], &["edge-b".into()], false).unwrap();
@@ -213,6 +236,9 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
         // --force overwrites.
         generate(dir.path(), &[], &["edge-a".into()], true).unwrap();
-        assert_ne!(std::fs::read(dir.path().join("edge-edge-a.pem")).unwrap(), before);
+        assert_ne!(
+            std::fs::read(dir.path().join("edge-edge-a.pem")).unwrap(),
+            before
+        );
     }
 }

@@ -21,7 +21,8 @@ pub fn transport_config(t: &Tunnel) -> Result<TransportConfig, Error> {
         .initial_rtt(t.initial_rtt)
         .keep_alive_interval(Some(t.keep_alive))
         .max_idle_timeout(Some(
-            IdleTimeout::try_from(t.idle_timeout).map_err(|_| Error::Tls("tunnel.idle_timeout is too large".into()))?,
+            IdleTimeout::try_from(t.idle_timeout)
+                .map_err(|_| Error::Tls("tunnel.idle_timeout is too large".into()))?,
         ))
         .initial_mtu(t.initial_mtu)
         .max_concurrent_bidi_streams(VarInt::from_u32(t.max_flows))
@@ -38,8 +39,13 @@ pub fn transport_config(t: &Tunnel) -> Result<TransportConfig, Error> {
 /// naming the sysctl to raise.
 pub fn udp_socket(addr: SocketAddr, buffer: u64) -> Result<std::net::UdpSocket, Error> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(io_err("creating UDP socket"))?;
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(io_err("creating UDP socket"))?;
     let want = usize::try_from(buffer).unwrap_or(usize::MAX);
     let _ = sock.set_recv_buffer_size(want);
     let _ = sock.set_send_buffer_size(want);
@@ -54,8 +60,10 @@ pub fn udp_socket(addr: SocketAddr, buffer: u64) -> Result<std::net::UdpSocket, 
             "kernel capped UDP socket buffers; raise them with `sysctl -w net.core.rmem_max={want} net.core.wmem_max={want}` to fill long fat links"
         );
     }
-    sock.bind(&addr.into()).map_err(io_err(format!("binding UDP {addr}")))?;
-    sock.set_nonblocking(true).map_err(io_err("set_nonblocking"))?;
+    sock.bind(&addr.into())
+        .map_err(io_err(format!("binding UDP {addr}")))?;
+    sock.set_nonblocking(true)
+        .map_err(io_err("set_nonblocking"))?;
     Ok(sock.into())
 }
 
@@ -64,7 +72,11 @@ fn runtime() -> Arc<dyn quinn::Runtime> {
 }
 
 /// The core's endpoint: listens on `listen`, requires client certificates from the CA.
-pub fn server_endpoint(listen: SocketAddr, tls: &Tls, tunnel: &Tunnel) -> Result<quinn::Endpoint, Error> {
+pub fn server_endpoint(
+    listen: SocketAddr,
+    tls: &Tls,
+    tunnel: &Tunnel,
+) -> Result<quinn::Endpoint, Error> {
     let crypto = tls::server_config(&tls.ca, &tls.cert, &tls.key)?;
     let qc = QuicServerConfig::try_from(crypto).map_err(|e| Error::Tls(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qc));
@@ -84,7 +96,11 @@ pub fn client_config(tls: &Tls, tunnel: &Tunnel) -> Result<quinn::ClientConfig, 
 }
 
 /// The edge's endpoint (an ephemeral UDP port of the family of `core`).
-pub fn client_endpoint(core: SocketAddr, tls: &Tls, tunnel: &Tunnel) -> Result<quinn::Endpoint, Error> {
+pub fn client_endpoint(
+    core: SocketAddr,
+    tls: &Tls,
+    tunnel: &Tunnel,
+) -> Result<quinn::Endpoint, Error> {
     let bind: SocketAddr = if core.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {

@@ -77,13 +77,22 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::Serve
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs("certificate", cert)?, load_key(key)?)
-        .map_err(|e| Error::Tls(format!("certificate {} / key {}: {e}", cert.display(), key.display())))?;
+        .map_err(|e| {
+            Error::Tls(format!(
+                "certificate {} / key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
     cfg.alpn_protocols = vec![strait_wire::ALPN.to_vec()];
     Ok(cfg)
 }
 
 /// TLS 1.3 client config of an edge: verifies the core against `ca`; presents `cert` when given.
-pub fn client_config(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<rustls::ClientConfig, Error> {
+pub fn client_config(
+    ca: &Path,
+    cert_key: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, Error> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
@@ -91,7 +100,13 @@ pub fn client_config(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<rust
     let mut cfg = match cert_key {
         Some((cert, key)) => builder
             .with_client_auth_cert(load_certs("certificate", cert)?, load_key(key)?)
-            .map_err(|e| Error::Tls(format!("certificate {} / key {}: {e}", cert.display(), key.display())))?,
+            .map_err(|e| {
+                Error::Tls(format!(
+                    "certificate {} / key {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?,
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![strait_wire::ALPN.to_vec()];

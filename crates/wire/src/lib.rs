@@ -403,7 +403,14 @@ impl Frame {
 
     /// Appends a `Literal` (or, with `supply`, a `Supply`) frame without first copying the
     /// payload into a `Bytes`. Encodes exactly what `Frame::encode` would.
-    pub fn encode_chunk(out: &mut BytesMut, supply: bool, id: &WireId, codec: CodecByte, len: u32, payload: &[u8]) {
+    pub fn encode_chunk(
+        out: &mut BytesMut,
+        supply: bool,
+        id: &WireId,
+        codec: CodecByte,
+        len: u32,
+        payload: &[u8],
+    ) {
         out.reserve(Self::literal_overhead() + payload.len());
         out.put_u8(if supply { T_SUPPLY } else { T_LITERAL });
         out.put_u32((ID_LEN + 1 + 4 + payload.len()) as u32);
@@ -561,7 +568,9 @@ impl FrameDecoder {
             return FRAME_HEADER_LEN - self.buf.len();
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        (FRAME_HEADER_LEN + len).saturating_sub(self.buf.len()).max(1)
+        (FRAME_HEADER_LEN + len)
+            .saturating_sub(self.buf.len())
+            .max(1)
     }
 
     /// Next complete frame and its encoded length, `Ok(None)` when more bytes are needed.

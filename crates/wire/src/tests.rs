@@ -14,12 +14,14 @@ fn roundtrip(f: &Frame) -> Frame {
 fn arb_frame() -> impl Strategy<Value = Frame> {
     let id = prop::array::uniform32(any::<u8>());
     prop_oneof![
-        (any::<u16>(), prop::array::uniform16(any::<u8>())).prop_map(|(version, key_fingerprint)| {
-            Frame::Hello {
-                version,
-                key_fingerprint,
+        (any::<u16>(), prop::array::uniform16(any::<u8>())).prop_map(
+            |(version, key_fingerprint)| {
+                Frame::Hello {
+                    version,
+                    key_fingerprint,
+                }
             }
-        }),
+        ),
         any::<u16>().prop_map(|version| Frame::HelloOk { version }),
         ("[a-z0-9-]{0,40}", "[a-z0-9-]{0,40}")
             .prop_map(|(service, route)| Frame::Open { service, route }),
@@ -28,14 +30,24 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             code: RefuseCode::UnknownService,
             reason
         }),
-        (id.clone(), any::<u8>(), 0u32..1_000_000, prop::collection::vec(any::<u8>(), 0..2000))
+        (
+            id.clone(),
+            any::<u8>(),
+            0u32..1_000_000,
+            prop::collection::vec(any::<u8>(), 0..2000)
+        )
             .prop_map(|(id, codec, len, p)| Frame::Literal {
                 id,
                 codec,
                 len,
                 payload: Bytes::from(p)
             }),
-        (id.clone(), any::<u8>(), 0u32..1_000_000, prop::collection::vec(any::<u8>(), 0..2000))
+        (
+            id.clone(),
+            any::<u8>(),
+            0u32..1_000_000,
+            prop::collection::vec(any::<u8>(), 0..2000)
+        )
             .prop_map(|(id, codec, len, p)| Frame::Supply {
                 id,
                 codec,
@@ -43,7 +55,9 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 payload: Bytes::from(p)
             }),
         prop::collection::vec((id.clone(), 0u32..1_000_000), 0..50).prop_map(|v| Frame::Refs(
-            v.into_iter().map(|(id, len)| ChunkRef { id, len }).collect()
+            v.into_iter()
+                .map(|(id, len)| ChunkRef { id, len })
+                .collect()
         )),
         Just(Frame::End),
         prop::collection::vec(id, 0..50).prop_map(Frame::Want),
@@ -114,7 +128,13 @@ fn reference_count_over_cap_is_rejected() {
     let mut body = BytesMut::new();
     body.put_u16((MAX_REFS_PER_FRAME + 1) as u16);
     let err = Frame::decode_body(T_REFS, body.freeze()).unwrap_err();
-    assert!(matches!(err, Error::OverLimit { what: "reference count", .. }));
+    assert!(matches!(
+        err,
+        Error::OverLimit {
+            what: "reference count",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -129,7 +149,10 @@ fn literal_claiming_huge_decoded_length_is_rejected() {
     .encode(&mut out);
     assert!(matches!(
         decode_all(&out).unwrap_err(),
-        Error::OverLimit { what: "chunk length", .. }
+        Error::OverLimit {
+            what: "chunk length",
+            ..
+        }
     ));
 }
 
@@ -144,9 +167,19 @@ fn encode_chunk_matches_frame_encoding() {
     for supply in [false, true] {
         let payload = Bytes::from_static(b"some payload bytes");
         let f = if supply {
-            Frame::Supply { id: [9; 32], codec: 2, len: 99, payload: payload.clone() }
+            Frame::Supply {
+                id: [9; 32],
+                codec: 2,
+                len: 99,
+                payload: payload.clone(),
+            }
         } else {
-            Frame::Literal { id: [9; 32], codec: 2, len: 99, payload: payload.clone() }
+            Frame::Literal {
+                id: [9; 32],
+                codec: 2,
+                len: 99,
+                payload: payload.clone(),
+            }
         };
         let mut a = BytesMut::new();
         f.encode(&mut a);

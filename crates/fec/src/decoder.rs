@@ -1,0 +1,382 @@
+//! Receiver state machine: FEC wire packets in, QUIC packets out (source packets at once, rebuilt
+//! ones as soon as their block becomes decodable). No I/O; time is an input.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    coder::{CoderKind, ErasureCoder},
+    controller::LossMeter,
+    packet::{self, LossReport, Packet, MAX_SHARDS},
+    stats::FecStats,
+    FecError,
+};
+
+/// Blocks tracked per peer (open ones and recently finished ones, to drop duplicates).
+pub const MAX_BLOCKS_IN_FLIGHT: usize = 256;
+/// Bytes of stored shards per peer; the oldest blocks are dropped beyond this.
+pub const MAX_DECODER_BYTES: usize = 4 * 1024 * 1024;
+/// A block that has not become decodable this long after its first packet is given up.
+pub const BLOCK_LINGER: Duration = Duration::from_millis(500);
+/// Packets waiting to be taken by the caller.
+pub const MAX_DELIVERY_QUEUE: usize = 4096;
+
+#[derive(Default)]
+struct Block {
+    /// `(k, m, coder, shard_len)`, known once a repair packet arrived.
+    shape: Option<(usize, usize, u8, usize)>,
+    sources: Vec<Option<Vec<u8>>>,
+    repairs: Vec<Option<Vec<u8>>>,
+    /// Source indices already handed to QUIC.
+    delivered: [u64; 4],
+    done: bool,
+    bytes: usize,
+    created: Option<Instant>,
+}
+
+impl Block {
+    fn is_delivered(&self, i: usize) -> bool {
+        self.delivered[i / 64] & (1 << (i % 64)) != 0
+    }
+    fn mark_delivered(&mut self, i: usize) {
+        self.delivered[i / 64] |= 1 << (i % 64);
+    }
+    fn missing_sources(&self) -> bool {
+        match self.shape {
+            Some((k, ..)) => (0..k).any(|i| !self.is_delivered(i)),
+            // Without a repair packet, k is unknown: a hole below the highest index is a loss.
+            None => {
+                let top = self.sources.len();
+                (0..top).any(|i| !self.is_delivered(i))
+            }
+        }
+    }
+    fn free(&mut self) -> usize {
+        self.sources = Vec::new();
+        self.repairs = Vec::new();
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+/// Decoder for one peer.
+pub struct Decoder {
+    blocks: HashMap<u16, Block>,
+    order: VecDeque<u16>,
+    bytes: usize,
+    meter: LossMeter,
+    rse: Option<Box<dyn ErasureCoder>>,
+    simd: Option<Box<dyn ErasureCoder>>,
+    delivered: VecDeque<Vec<u8>>,
+    report_interval: Duration,
+    next_report: Instant,
+    stats: Arc<FecStats>,
+}
+
+impl Decoder {
+    /// Decoder whose clock starts at `now`, reporting every `report_interval`.
+    pub fn new(report_interval: Duration, stats: Arc<FecStats>, now: Instant) -> Self {
+        Decoder {
+            blocks: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            meter: LossMeter::new(now),
+            rse: None,
+            simd: None,
+            delivered: VecDeque::new(),
+            report_interval,
+            next_report: now + report_interval,
+            stats,
+        }
+    }
+
+    fn deliver(&mut self, p: Vec<u8>) {
+        if self.delivered.len() >= MAX_DELIVERY_QUEUE {
+            self.delivered.pop_front();
+        }
+        self.delivered.push_back(p);
+    }
+
+    /// Takes one data datagram; returns the QUIC packets it makes available. A control packet is
+    /// an error here (route it to the encoder; see [`crate::Session`]).
+    pub fn on_receive(
+        &mut self,
+        wire: &[u8],
+        now: Instant,
+    ) -> Result<impl Iterator<Item = Vec<u8>> + '_, FecError> {
+        let pkt = packet::decode(wire)?;
+        self.on_packet(pkt, now)?;
+        Ok(self.delivered.drain(..))
+    }
+
+    pub(crate) fn on_receive_drain(&mut self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.delivered.drain(..)
+    }
+
+    pub(crate) fn on_packet(&mut self, pkt: Packet<'_>, now: Instant) -> Result<(), FecError> {
+        match pkt {
+            Packet::Control(_) => Err(FecError::InconsistentBlock {
+                block: 0,
+                what: "control packet given to the data decoder",
+            }),
+            Packet::Plain { seq, ts, payload } => {
+                self.count(seq, ts, now);
+                self.deliver(payload.to_vec());
+                Ok(())
+            }
+            Packet::Source {
+                seq,
+                ts,
+                block,
+                index,
+                payload,
+            } => {
+                self.count(seq, ts, now);
+                let b = self.block(block, now);
+                let i = index as usize;
+                if b.is_delivered(i) {
+                    return Ok(()); // duplicate
+                }
+                if let Some((k, _, _, shard_len)) = b.shape {
+                    if i >= k || payload.len() + packet::SHARD_PREFIX_LEN > shard_len {
+                        return Err(FecError::InconsistentBlock {
+                            block,
+                            what: "source packet outside the block's shape",
+                        });
+                    }
+                }
+                b.mark_delivered(i);
+                let mut stored = 0;
+                if !b.done {
+                    if b.sources.len() <= i {
+                        b.sources.resize(i + 1, None);
+                    }
+                    b.sources[i] = Some(payload.to_vec());
+                    b.bytes += payload.len();
+                    stored = payload.len();
+                }
+                self.bytes += stored;
+                self.deliver(payload.to_vec());
+                self.try_decode(block);
+                self.enforce_bounds();
+                Ok(())
+            }
+            Packet::Repair {
+                seq,
+                ts,
+                block,
+                index,
+                k,
+                m,
+                coder,
+                shard,
+            } => {
+                self.count(seq, ts, now);
+                let (k, m) = (k as usize, m as usize);
+                let b = self.block(block, now);
+                if b.done {
+                    return Ok(());
+                }
+                let shape = (k, m, coder, shard.len());
+                match b.shape {
+                    Some(s) if s != shape => {
+                        return Err(FecError::InconsistentBlock {
+                            block,
+                            what: "repair packets disagree on k, m, coder or shard length",
+                        })
+                    }
+                    Some(_) => {}
+                    None => {
+                        if b.sources.len() > k
+                            || b.sources
+                                .iter()
+                                .flatten()
+                                .any(|s| s.len() + packet::SHARD_PREFIX_LEN > shard.len())
+                        {
+                            return Err(FecError::InconsistentBlock {
+                                block,
+                                what: "repair shape does not fit the source packets seen",
+                            });
+                        }
+                        b.shape = Some(shape);
+                        b.repairs = vec![None; m];
+                    }
+                }
+                let j = index as usize;
+                let mut stored = 0;
+                if b.repairs.get(j).is_some_and(Option::is_none) {
+                    b.repairs[j] = Some(shard.to_vec());
+                    b.bytes += shard.len();
+                    stored = shard.len();
+                }
+                self.bytes += stored;
+                self.try_decode(block);
+                self.enforce_bounds();
+                Ok(())
+            }
+        }
+    }
+
+    fn count(&mut self, seq: u16, ts: u16, now: Instant) {
+        let delta = self.meter.on_packet(seq, ts, now);
+        if delta > 0 {
+            FecStats::add(&self.stats.packets_lost, delta as u64);
+        } else if delta < 0 {
+            FecStats::sub_saturating(&self.stats.packets_lost, delta.unsigned_abs());
+        }
+    }
+
+    fn block(&mut self, id: u16, now: Instant) -> &mut Block {
+        if !self.blocks.contains_key(&id) {
+            self.order.push_back(id);
+        }
+        self.blocks.entry(id).or_insert_with(|| Block {
+            created: Some(now),
+            ..Block::default()
+        })
+    }
+
+    fn try_decode(&mut self, id: u16) {
+        let Some(b) = self.blocks.get_mut(&id) else {
+            return;
+        };
+        let Some((k, m, coder, shard_len)) = b.shape else {
+            return;
+        };
+        if b.done {
+            return;
+        }
+        let have_src = (0..k).filter(|&i| b.is_delivered(i)).count();
+        if have_src == k {
+            b.done = true;
+            self.bytes -= b.free();
+            return;
+        }
+        let have_rep = b.repairs.iter().flatten().count();
+        if have_src + have_rep < k {
+            return;
+        }
+        let mut shards: Vec<Option<Vec<u8>>> = Vec::with_capacity(k + m);
+        for i in 0..k {
+            shards.push(b.sources.get(i).cloned().flatten().map(|p| {
+                let mut s = Vec::with_capacity(shard_len);
+                packet::fill_shard(&mut s, &p, shard_len);
+                s
+            }));
+        }
+        shards.extend(b.repairs.iter().cloned());
+        let coder_slot = match CoderKind::from_id(coder) {
+            Some(CoderKind::ReedSolomonSimd) => &mut self.simd,
+            Some(CoderKind::ReedSolomonErasure) => &mut self.rse,
+            None => {
+                b.done = true;
+                self.bytes -= b.free();
+                FecStats::add(&self.stats.blocks_unrecoverable, 1);
+                tracing::debug!(block = id, coder, "unknown FEC coder id");
+                return;
+            }
+        };
+        let kind = CoderKind::from_id(coder).unwrap_or_default();
+        let c = coder_slot.get_or_insert_with(|| kind.build());
+        let result = c.reconstruct(k, &mut shards);
+        let mut rebuilt = Vec::new();
+        match result {
+            Ok(()) => {
+                for (i, s) in shards.iter().enumerate().take(k) {
+                    if b.is_delivered(i) {
+                        continue;
+                    }
+                    match s.as_deref().map(packet::parse_shard) {
+                        Some(Ok(p)) => rebuilt.push((i, p.to_vec())),
+                        Some(Err(e)) => {
+                            tracing::debug!(block = id, index = i, error = %e, "rebuilt shard rejected")
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(block = id, error = %e, "FEC reconstruct failed"),
+        }
+        for (i, _) in &rebuilt {
+            b.mark_delivered(*i);
+        }
+        if b.missing_sources() {
+            FecStats::add(&self.stats.blocks_unrecoverable, 1);
+        }
+        b.done = true;
+        self.bytes -= b.free();
+        FecStats::add(&self.stats.packets_rebuilt, rebuilt.len() as u64);
+        for (_, p) in rebuilt {
+            self.deliver(p);
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(id) = self.order.pop_front() {
+            if let Some(mut b) = self.blocks.remove(&id) {
+                if !b.done && b.missing_sources() {
+                    FecStats::add(&self.stats.blocks_unrecoverable, 1);
+                }
+                self.bytes -= b.free();
+            }
+        }
+    }
+
+    fn enforce_bounds(&mut self) {
+        while self.order.len() > MAX_BLOCKS_IN_FLIGHT || self.bytes > MAX_DECODER_BYTES {
+            self.evict_oldest();
+        }
+    }
+
+    /// When [`Decoder::handle_timeout`] next has work: the next report or block expiry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let report = self.meter.has_news().then_some(self.next_report);
+        let expiry = self
+            .order
+            .front()
+            .and_then(|id| self.blocks.get(id))
+            .and_then(|b| b.created)
+            .map(|t| t + BLOCK_LINGER);
+        match (report, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires old blocks; returns a loss report when one is due (send it to the peer).
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<LossReport> {
+        while let Some(b) = self.order.front().and_then(|id| self.blocks.get(id)) {
+            if b.created.is_some_and(|t| t + BLOCK_LINGER <= now) {
+                self.evict_oldest();
+            } else {
+                break;
+            }
+        }
+        if now < self.next_report {
+            return None;
+        }
+        self.next_report = now + self.report_interval;
+        if !self.meter.has_news() {
+            return None;
+        }
+        let r = self.meter.report();
+        FecStats::set(&self.stats.loss_ppm, r.loss_ppm as u64);
+        FecStats::set(&self.stats.mean_burst_milli, r.burst_milli as u64);
+        FecStats::set(&self.stats.queue_delay_us, r.queue_delay_us as u64);
+        Some(r)
+    }
+
+    /// Blocks currently tracked (for tests of the memory bound).
+    pub fn blocks_tracked(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Shard bytes currently stored.
+    pub fn bytes_stored(&self) -> usize {
+        self.bytes
+    }
+}
+
+const _: () = assert!(MAX_SHARDS <= 256, "delivered bitmap holds 256 indices");

@@ -1,0 +1,344 @@
+//! Encoder → lossy channel → decoder, sans-IO: every packet the block math says is recoverable
+//! is delivered byte-exact, nothing is delivered twice, duplicates and reordering are harmless.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use strait_fec::{
+    packet::{self, Packet},
+    CoderKind, Decoder, Encoder, FecConfig, FecMode, FecStats, LossReport, Session,
+};
+
+fn payloads(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let len = rng.gen_range(4..1400);
+            let mut p: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            p[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            p
+        })
+        .collect()
+}
+
+fn id_of(p: &[u8]) -> usize {
+    u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize
+}
+
+/// Runs `pkts` through an encoder (packets 20 µs apart, final idle flush).
+fn encode_all(cfg: &FecConfig, pkts: &[Vec<u8>], t0: Instant) -> Vec<Vec<u8>> {
+    let mut enc = Encoder::new(cfg, Arc::new(FecStats::default()), t0);
+    let mut wire = Vec::new();
+    let mut now = t0;
+    for p in pkts {
+        now += Duration::from_micros(20);
+        wire.extend(enc.on_send(p, now).unwrap());
+    }
+    enc.handle_timeout(now + Duration::from_secs(1));
+    while let Some(w) = enc.poll_transmit() {
+        wire.push(w);
+    }
+    wire
+}
+
+/// Which source packets (by payload id) the math says the receiver ends up with.
+fn recoverable(wire: &[Vec<u8>], kept: &[bool]) -> HashSet<usize> {
+    // block -> (k from repair, sources: index -> (id, kept), repairs kept)
+    #[derive(Default)]
+    struct B {
+        k: Option<usize>,
+        src: Vec<(usize, bool)>,
+        rep_kept: usize,
+    }
+    let mut blocks: BTreeMap<u16, B> = BTreeMap::new();
+    let mut out = HashSet::new();
+    for (w, &keep) in wire.iter().zip(kept) {
+        match packet::decode(w).unwrap() {
+            Packet::Plain { payload, .. } => {
+                if keep {
+                    out.insert(id_of(payload));
+                }
+            }
+            Packet::Source { block, payload, .. } => {
+                blocks
+                    .entry(block)
+                    .or_default()
+                    .src
+                    .push((id_of(payload), keep));
+            }
+            Packet::Repair { block, k, .. } => {
+                let b = blocks.entry(block).or_default();
+                b.k = Some(k as usize);
+                b.rep_kept += keep as usize;
+            }
+            Packet::Control(_) => unreachable!(),
+        }
+    }
+    for b in blocks.values() {
+        let got = b.src.iter().filter(|s| s.1).count();
+        let decodable = b.k.is_some_and(|k| b.rep_kept > 0 && got + b.rep_kept >= k);
+        for &(id, keep) in &b.src {
+            if keep || decodable {
+                out.insert(id);
+            }
+        }
+    }
+    out
+}
+
+fn deliver_all(wire: &[&Vec<u8>], t0: Instant) -> (Vec<Vec<u8>>, Arc<FecStats>) {
+    let stats = Arc::new(FecStats::default());
+    let mut dec = Decoder::new(Duration::from_millis(100), stats.clone(), t0);
+    let mut got = Vec::new();
+    for (i, w) in wire.iter().enumerate() {
+        let now = t0 + Duration::from_micros(20 * i as u64);
+        got.extend(dec.on_receive(w, now).unwrap());
+    }
+    (got, stats)
+}
+
+fn check(pkts: &[Vec<u8>], got: &[Vec<u8>], expect: &HashSet<usize>) {
+    let mut seen = HashSet::new();
+    for g in got {
+        let id = id_of(g);
+        assert_eq!(g, &pkts[id], "packet {id} delivered corrupted");
+        assert!(seen.insert(id), "packet {id} delivered twice");
+    }
+    let missing: Vec<_> = expect.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "recoverable packets not delivered: {missing:?}"
+    );
+}
+
+fn gilbert(rng: &mut ChaCha8Rng, n: usize, p: f64, burst: f64) -> Vec<bool> {
+    let r = 1.0 / burst;
+    let q = p * r / (1.0 - p);
+    let mut bad = false;
+    (0..n)
+        .map(|_| {
+            bad = if bad {
+                rng.gen::<f64>() >= r
+            } else {
+                rng.gen::<f64>() < q
+            };
+            !bad
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn random_loss_delivers_everything_recoverable(
+        seed: u64, k in 2u8..33, m in 1u8..7, loss in 0.0f64..0.2, simd: bool,
+    ) {
+        let mut cfg = FecConfig::new(FecMode::Fixed { k, m });
+        cfg.coder = if simd { CoderKind::ReedSolomonSimd } else { CoderKind::ReedSolomonErasure };
+        let t0 = Instant::now();
+        let pkts = payloads(seed, 300);
+        let wire = encode_all(&cfg, &pkts, t0);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x55);
+        let kept: Vec<bool> = wire.iter().map(|_| rng.gen::<f64>() >= loss).collect();
+        let expect = recoverable(&wire, &kept);
+        let through: Vec<&Vec<u8>> = wire.iter().zip(&kept).filter(|x| *x.1).map(|x| x.0).collect();
+        let (got, _) = deliver_all(&through, t0);
+        check(&pkts, &got, &expect);
+    }
+
+    #[test]
+    fn bursty_loss_delivers_everything_recoverable(
+        seed: u64, k in 4u8..33, m in 1u8..9, burst in 1.5f64..6.0,
+    ) {
+        let cfg = FecConfig::new(FecMode::Fixed { k, m });
+        let t0 = Instant::now();
+        let pkts = payloads(seed, 300);
+        let wire = encode_all(&cfg, &pkts, t0);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xAA);
+        let kept = gilbert(&mut rng, wire.len(), 0.05, burst);
+        let expect = recoverable(&wire, &kept);
+        let through: Vec<&Vec<u8>> = wire.iter().zip(&kept).filter(|x| *x.1).map(|x| x.0).collect();
+        let (got, _) = deliver_all(&through, t0);
+        check(&pkts, &got, &expect);
+    }
+
+    #[test]
+    fn duplicates_and_reordering_are_harmless(
+        seed: u64, k in 2u8..20, m in 1u8..5, loss in 0.0f64..0.15, window in 1usize..12,
+    ) {
+        let cfg = FecConfig::new(FecMode::Fixed { k, m });
+        let t0 = Instant::now();
+        let pkts = payloads(seed, 200);
+        let wire = encode_all(&cfg, &pkts, t0);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x77);
+        let kept: Vec<bool> = wire.iter().map(|_| rng.gen::<f64>() >= loss).collect();
+        let expect = recoverable(&wire, &kept);
+        let mut through: Vec<&Vec<u8>> = Vec::new();
+        for (w, &keep) in wire.iter().zip(&kept) {
+            if keep {
+                through.push(w);
+                if rng.gen::<f64>() < 0.1 {
+                    through.push(w);
+                }
+            }
+        }
+        // Local reordering: swap each packet with one up to `window` later.
+        for i in 0..through.len() {
+            let j = (i + rng.gen_range(0..=window)).min(through.len() - 1);
+            through.swap(i, j);
+        }
+        let (got, _) = deliver_all(&through, t0);
+        check(&pkts, &got, &expect);
+    }
+}
+
+#[test]
+fn idle_flush_protects_a_partial_block() {
+    let cfg = FecConfig::new(FecMode::Fixed { k: 16, m: 2 });
+    let t0 = Instant::now();
+    let stats = Arc::new(FecStats::default());
+    let mut enc = Encoder::new(&cfg, stats.clone(), t0);
+    let pkts = payloads(7, 5);
+    let mut wire = Vec::new();
+    for p in &pkts {
+        wire.extend(enc.on_send(p, t0).unwrap());
+    }
+    assert_eq!(wire.len(), 5, "no repair before the block is full or idle");
+    let deadline = enc.poll_timeout().unwrap();
+    assert_eq!(deadline, t0 + cfg.idle_flush);
+    enc.handle_timeout(deadline);
+    while let Some(w) = enc.poll_transmit() {
+        wire.push(w);
+    }
+    assert_eq!(wire.len(), 7);
+    assert_eq!(enc.poll_timeout(), None);
+    // Lose two of the five sources: both come back from the flushed repair.
+    let through: Vec<&Vec<u8>> = [0, 2, 4, 5, 6].iter().map(|&i| &wire[i]).collect();
+    let (got, dstats) = deliver_all(&through, t0);
+    assert_eq!(got.len(), 5);
+    check(&pkts, &got, &(0..5).collect());
+    assert_eq!(dstats.snapshot().packets_rebuilt, 2);
+}
+
+/// Two sessions joined by a channel that drops A→B datagrams with `loss`; B's reports reach A.
+fn run_pair(
+    mode: FecMode,
+    loss: f64,
+    n: usize,
+    seed: u64,
+) -> (Arc<FecStats>, Arc<FecStats>, usize) {
+    let cfg = FecConfig::new(mode);
+    let t0 = Instant::now();
+    let (sa, sb) = (Arc::new(FecStats::default()), Arc::new(FecStats::default()));
+    let mut a = Session::new(&cfg, sa.clone(), t0);
+    let mut b = Session::new(&cfg, sb.clone(), t0);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let pkts: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut p = vec![0u8; 1200];
+            p[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            p
+        })
+        .collect();
+    let mut delivered = HashSet::new();
+    let mut now = t0;
+    for p in &pkts {
+        // 100 µs apart ≈ 100 Mbit/s of 1200-byte packets.
+        now += Duration::from_micros(100);
+        let mut out: Vec<Vec<u8>> = a.on_send(p, now).unwrap().collect();
+        for s in [&mut a, &mut b] {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+        }
+        while let Some(w) = a.poll_transmit() {
+            out.push(w);
+        }
+        for w in out {
+            if rng.gen::<f64>() >= loss {
+                for d in b.on_receive(&w, now).unwrap() {
+                    delivered.insert(id_of(&d));
+                }
+            }
+        }
+        while let Some(w) = b.poll_transmit() {
+            a.on_receive(&w, now).unwrap().for_each(drop);
+        }
+    }
+    (sa, sb, delivered.len())
+}
+
+#[test]
+fn adaptive_at_zero_loss_sends_no_repair_and_adds_under_one_percent() {
+    let (sa, _, delivered) = run_pair(FecMode::adaptive(), 0.0, 20_000, 1);
+    let s = sa.snapshot();
+    assert_eq!(delivered, 20_000);
+    assert_eq!(s.repair_bytes_sent, 0);
+    assert_eq!(s.current_m, 0);
+    assert!(
+        s.header_overhead_bytes * 100 <= s.source_bytes_sent,
+        "{s:?}"
+    );
+}
+
+#[test]
+fn adaptive_at_two_percent_loss_learns_repair_and_rebuilds() {
+    let n = 20_000;
+    let (sa, sb, delivered) = run_pair(FecMode::adaptive(), 0.02, n, 2);
+    let (a, b) = (sa.snapshot(), sb.snapshot());
+    assert!(a.current_m > 0, "{a:?}");
+    assert!(a.repair_packets_sent > 0);
+    assert!(b.packets_rebuilt > 0, "{b:?}");
+    assert!(b.loss_ppm > 10_000 && b.loss_ppm < 30_000, "{b:?}");
+    // Only the first report interval (before repair starts) loses for good.
+    let lost_for_good = n - delivered;
+    assert!(lost_for_good < 40, "{lost_for_good} lost, {b:?}");
+}
+
+#[test]
+fn reports_from_a_peer_reach_the_encoder() {
+    let cfg = FecConfig::new(FecMode::adaptive());
+    let t0 = Instant::now();
+    let mut s = Session::new(&cfg, Arc::new(FecStats::default()), t0);
+    let mut w = Vec::new();
+    packet::encode_control(
+        &mut w,
+        &LossReport {
+            loss_ppm: 20_000,
+            burst_milli: 1020,
+            queue_delay_us: 0,
+            packets: 5000,
+        },
+    );
+    assert_eq!(s.on_receive(&w, t0).unwrap().count(), 0);
+    assert!(s.encoder.plan().m_for(32) >= 3);
+}
+
+#[test]
+fn decoder_memory_is_bounded() {
+    let t0 = Instant::now();
+    let mut dec = Decoder::new(
+        Duration::from_millis(100),
+        Arc::new(FecStats::default()),
+        t0,
+    );
+    let mut w = Vec::new();
+    // Source packets of 2000 distinct blocks that never complete.
+    for blk in 0..2000u16 {
+        w.clear();
+        packet::encode_source(&mut w, blk, 0, blk, 1, &[7u8; 1000]);
+        dec.on_receive(&w, t0).unwrap().for_each(drop);
+    }
+    assert!(dec.blocks_tracked() <= strait_fec::MAX_BLOCKS_IN_FLIGHT);
+    assert!(dec.bytes_stored() <= strait_fec::MAX_DECODER_BYTES);
+    dec.handle_timeout(t0 + Duration::from_secs(2));
+    assert_eq!(dec.blocks_tracked(), 0);
+}

@@ -1,0 +1,102 @@
+//! Files of the store directory: naming, locking, scanning segments.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::thread::JoinHandle;
+
+use crate::record::{self, RecordHeader, HEADER_LEN};
+use crate::Error;
+
+const LOCK_NAME: &str = "LOCK";
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// A failed background fsync only means the segment may not survive power
+/// loss, which costs misses; it is logged, not propagated into an unrelated put.
+pub(crate) fn finish_sync(h: JoinHandle<Result<(), Error>>) {
+    match h.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(%err, "background segment fsync failed"),
+        Err(_) => tracing::warn!("background segment fsync panicked"),
+    }
+}
+
+pub(crate) fn seg_name(n: u32) -> String {
+    format!("seg-{n:06}.dat")
+}
+
+/// Only the canonical spelling counts, so `seg-1.dat` and `seg-000001.dat`
+/// can never both claim segment 1.
+pub(crate) fn parse_seg_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".dat")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = digits.parse().ok()?;
+    (n > 0 && seg_name(n) == name).then_some(n)
+}
+
+/// Walks the chain of valid record headers of a segment from offset 0 and
+/// returns where it ends (the first byte not covered by a valid record).
+pub(crate) fn scan_segment(
+    file: &File,
+    file_len: u64,
+    mut on_record: impl FnMut(&RecordHeader, u32),
+) -> io::Result<u64> {
+    let mut off = 0u64;
+    let mut hdr = [0u8; HEADER_LEN];
+    while file_len - off >= HEADER_LEN as u64 {
+        file.read_exact_at(&mut hdr, off)?;
+        let Ok(h) = record::decode_header(&hdr) else {
+            break;
+        };
+        let end = off + h.record_len() as u64;
+        // u32 offsets: a record past 4 GiB cannot be indexed, treat as end.
+        if end > file_len || off > u64::from(u32::MAX) {
+            break;
+        }
+        on_record(&h, off as u32);
+        off = end;
+    }
+    Ok(off)
+}
+
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, Error> {
+    let path = dir.join(LOCK_NAME);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    // SAFETY: flock on a file descriptor we own and keep open; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return Err(if err.kind() == io::ErrorKind::WouldBlock {
+            Error::Locked {
+                path: dir.to_path_buf(),
+            }
+        } else {
+            Error::io(&path, err)
+        });
+    }
+    Ok(f)
+}
+
+pub(crate) fn open_segment(path: &Path, create: bool) -> Result<File, Error> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,292 @@
+//! The per-flow pump: one TCP connection ⇄ one QUIC bidirectional stream, through the dedup
+//! engine, in both directions at once.
+//!
+//! Memory per flow is bounded: the sender holds at most `dedup.flow_window` unacknowledged bytes
+//! (it stops reading its client beyond that — backpressure), the receiver queues at most twice
+//! that while waiting for a missed chunk, plus one read buffer ([`READ_BUF`]) and one partial
+//! chunk (≤ `dedup.max_chunk`) per direction.
+//!
+//! Termination: each side sends `End` when its client half-closes, and finishes its QUIC send
+//! stream only when (a) its own data is all acknowledged and (b) it has delivered the peer's data
+//! up to the peer's `End` (after which it half-closes its client). Any error resets both the QUIC
+//! stream and the TCP connection (RST), so a client never mistakes a broken flow for a short one.
+
+use bytes::BytesMut;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use strait_admin::RouteStats;
+use strait_dedup::{FlowDecoder, FlowEncoder};
+use strait_wire::{Frame, FrameDecoder, RefuseCode, WireId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Bytes read from a client per read call.
+pub const READ_BUF: usize = 256 * 1024;
+/// Control messages queued from the receiving half to the sending half of a flow.
+pub const FLOW_CTL_QUEUE: usize = 256;
+/// QUIC application error code of a flow reset.
+pub const RESET_CODE: u32 = 1;
+
+/// Why a flow ended without completing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlowError {
+    /// The peer refused the flow.
+    #[error("refused by peer ({code:?}): {reason}")]
+    Refused {
+        /// Code.
+        code: RefuseCode,
+        /// Reason text.
+        reason: String,
+    },
+    /// The local client's connection failed.
+    #[error("client connection: {0}")]
+    Client(std::io::Error),
+    /// The tunnel stream failed or was reset by the peer.
+    #[error("tunnel stream: {0}")]
+    Tunnel(String),
+    /// The peer broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The dedup engine refused what the peer sent.
+    #[error(transparent)]
+    Engine(#[from] strait_dedup::Error),
+}
+
+enum Ctl {
+    Want(Vec<WireId>),
+    Ack(u64),
+    Send(Frame),
+    DownDone,
+}
+
+/// Everything a pump needs besides its sockets.
+pub struct FlowParts {
+    /// Encoder of what this side sends.
+    pub encoder: FlowEncoder,
+    /// Decoder of what this side receives.
+    pub decoder: FlowDecoder,
+    /// Counters of the sending direction (WAN bytes written).
+    pub tx_stats: Arc<RouteStats>,
+    /// Counters of the receiving direction (WAN bytes read).
+    pub rx_stats: Arc<RouteStats>,
+    /// Longest a partial chunk waits.
+    pub flush_delay: Duration,
+    /// Frames already read from the stream (after the open handshake) to process first.
+    pub prefix: FrameDecoder,
+    /// The first frame from the peer must be `OpenOk` (the edge side).
+    pub expect_open_ok: bool,
+}
+
+/// Runs a flow to completion. On error both the stream and the TCP connection are reset.
+pub async fn pump(
+    mut tcp: TcpStream,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    parts: FlowParts,
+) -> Result<(), FlowError> {
+    let _ = tcp.set_nodelay(true);
+    let FlowParts {
+        mut encoder,
+        mut decoder,
+        tx_stats,
+        rx_stats,
+        flush_delay,
+        prefix,
+        expect_open_ok,
+    } = parts;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Ctl>(FLOW_CTL_QUEUE);
+    let result = {
+        let (mut client_r, mut client_w) = tcp.split();
+        let up = async {
+            let mut buf = vec![0u8; READ_BUF];
+            let mut out = BytesMut::new();
+            let mut client_eof = false;
+            let mut down_done = false;
+            let mut deadline: Option<Instant> = None;
+            loop {
+                if client_eof && encoder.all_acked() && down_done {
+                    break;
+                }
+                let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
+                tokio::select! {
+                    biased;
+                    msg = ctl_rx.recv(), if !down_done || !encoder.all_acked() => match msg {
+                        Some(Ctl::Want(ids)) => encoder.on_want(&ids, &mut out)?,
+                        Some(Ctl::Ack(n)) => encoder.on_ack(n)?,
+                        Some(Ctl::Send(f)) => f.encode(&mut out),
+                        Some(Ctl::DownDone) | None => down_done = true,
+                    },
+                    n = client_r.read(&mut buf), if !client_eof && !encoder.window_full() => {
+                        match n {
+                            Ok(0) => {
+                                client_eof = true;
+                                deadline = None;
+                                encoder.finish(&mut out);
+                            }
+                            Ok(n) => {
+                                encoder.push(&buf[..n], &mut out);
+                                if encoder.has_pending() {
+                                    if flush_delay.is_zero() {
+                                        encoder.flush(&mut out);
+                                    } else if deadline.is_none() {
+                                        deadline = Some(Instant::now() + flush_delay);
+                                    }
+                                }
+                            }
+                            Err(e) => return Err(FlowError::Client(e)),
+                        }
+                    }
+                    // Listed after the read: with `biased`, the partial chunk is flushed only
+                    // when the client really is idle, not because a tunnel write was slow.
+                    _ = sleep, if deadline.is_some() && !encoder.window_full() => {
+                        deadline = None;
+                        encoder.flush(&mut out);
+                    }
+                }
+                if !out.is_empty() {
+                    send.write_all(&out)
+                        .await
+                        .map_err(|e| FlowError::Tunnel(e.to_string()))?;
+                    tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
+                    out.clear();
+                }
+            }
+            send.finish()
+                .map_err(|e| FlowError::Tunnel(e.to_string()))?;
+            Ok::<(), FlowError>(())
+        };
+        let down = async {
+            let mut fd = prefix;
+            let mut opened = !expect_open_ok;
+            let mut shut = false;
+            let mut wants = Vec::new();
+            let ctl = |m: Ctl| {
+                let tx = ctl_tx.clone();
+                async move {
+                    tx.send(m)
+                        .await
+                        .map_err(|_| FlowError::Tunnel("flow sender gone".into()))
+                }
+            };
+            loop {
+                while let Some((frame, _)) = fd
+                    .next_frame()
+                    .map_err(|e| FlowError::Protocol(e.to_string()))?
+                {
+                    if !opened {
+                        match frame {
+                            Frame::OpenOk => {
+                                opened = true;
+                                continue;
+                            }
+                            Frame::Refuse { code, reason } => {
+                                return Err(FlowError::Refused { code, reason })
+                            }
+                            _ => {
+                                return Err(FlowError::Protocol("expected OpenOk or Refuse".into()))
+                            }
+                        }
+                    }
+                    match frame {
+                        Frame::Want(ids) => ctl(Ctl::Want(ids)).await?,
+                        Frame::Ack(n) => ctl(Ctl::Ack(n)).await?,
+                        f @ (Frame::Literal { .. }
+                        | Frame::Refs(_)
+                        | Frame::Supply { .. }
+                        | Frame::End) => {
+                            decoder.on_frame(f, &mut wants)?;
+                            if !wants.is_empty() {
+                                ctl(Ctl::Send(Frame::Want(std::mem::take(&mut wants)))).await?;
+                            }
+                            while let Some(b) = decoder.pop_ready() {
+                                client_w.write_all(&b).await.map_err(FlowError::Client)?;
+                            }
+                            if let Some(a) = decoder.take_ack() {
+                                ctl(Ctl::Send(a)).await?;
+                            }
+                            if decoder.is_done() && !shut {
+                                shut = true;
+                                // Propagate the half-close; a client that already closed is fine.
+                                let _ = client_w.shutdown().await;
+                                ctl(Ctl::DownDone).await?;
+                            }
+                        }
+                        Frame::Ping(_) => {}
+                        _ => {
+                            return Err(FlowError::Protocol(
+                                "unexpected frame on a flow stream".into(),
+                            ))
+                        }
+                    }
+                }
+                match recv.read_chunk(READ_BUF, true).await {
+                    Ok(Some(c)) => {
+                        rx_stats.wan_bytes.fetch_add(c.bytes.len() as u64, Relaxed);
+                        fd.extend(&c.bytes);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(FlowError::Tunnel(e.to_string())),
+                }
+            }
+            if !opened {
+                return Err(FlowError::Protocol("stream closed before OpenOk".into()));
+            }
+            if !decoder.is_done() {
+                return Err(FlowError::Protocol(
+                    "peer closed the stream before ending its data".into(),
+                ));
+            }
+            if fd.buffered() != 0 {
+                return Err(FlowError::Protocol(format!(
+                    "{} trailing bytes after the last frame",
+                    fd.buffered()
+                )));
+            }
+            Ok::<(), FlowError>(())
+        };
+        tokio::try_join!(up, down).map(|_| ())
+    };
+    if result.is_err() {
+        reset(send, recv);
+        // Linger 0: close with RST so the client sees a failure, never a clean (short) EOF.
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+    }
+    result
+}
+
+/// Resets both halves of a stream.
+pub fn reset(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
+    let _ = send.reset(quinn::VarInt::from_u32(RESET_CODE));
+    let _ = recv.stop(quinn::VarInt::from_u32(RESET_CODE));
+}
+
+/// Reads whole frames from `recv` until one is available; returns it with the decoder holding
+/// whatever followed it.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    fd: &mut FrameDecoder,
+    stats: Option<&RouteStats>,
+) -> Result<Option<Frame>, FlowError> {
+    loop {
+        if let Some((f, _)) = fd
+            .next_frame()
+            .map_err(|e| FlowError::Protocol(e.to_string()))?
+        {
+            return Ok(Some(f));
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(c)) => {
+                if let Some(s) = stats {
+                    s.wan_bytes.fetch_add(c.bytes.len() as u64, Relaxed);
+                }
+                fd.extend(&c.bytes);
+            }
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(FlowError::Tunnel(e.to_string())),
+        }
+    }
+}
