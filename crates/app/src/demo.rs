@@ -22,6 +22,8 @@ pub struct DemoOptions {
     pub passes: usize,
     /// Seed of the generated data.
     pub seed: u64,
+    /// `[tunnel] fec` of both sides, as a TOML value (`"off"`, `"adaptive"`, `{ data = 32, repair = 4 }`).
+    pub fec: String,
 }
 
 impl Default for DemoOptions {
@@ -30,6 +32,7 @@ impl Default for DemoOptions {
             size: 256 << 20,
             passes: 2,
             seed: 42,
+            fec: "\"off\"".into(),
         }
     }
 }
@@ -139,7 +142,9 @@ pub async fn http_get(addr: std::net::SocketAddr, name: &str) -> Result<Vec<u8>,
     Ok(body)
 }
 
-fn totals(m: &Metrics) -> PassReport {
+/// Download totals of the edge; WAN bytes are what both sides put on the wire (each side's UDP
+/// transmit counter, FEC repair included).
+fn totals(m: &Metrics, core: &Metrics) -> PassReport {
     let mut r = PassReport::default();
     for s in m.routes() {
         if s.direction == "download" {
@@ -148,15 +153,20 @@ fn totals(m: &Metrics) -> PassReport {
             r.compression_saved += s.compression_saved_bytes;
         }
     }
-    let t = m.tunnel();
-    r.wan_bytes = t.wan_tx_bytes + t.wan_rx_bytes;
+    r.wan_bytes = m.tunnel().wan_tx_bytes + core.tunnel().wan_tx_bytes;
     r
 }
 
-fn config_text(role: &str, dir: &std::path::Path, core_addr: &str, origin: &str) -> String {
+fn config_text(
+    role: &str,
+    dir: &std::path::Path,
+    core_addr: &str,
+    origin: &str,
+    fec: &str,
+) -> String {
     let d = dir.display();
     let common = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nca = \"{d}/certs/ca.pem\"\ncert = \"{d}/certs/{role}.pem\"\nkey = \"{d}/certs/{role}.key\"\n[dedup]\nkey_file = \"{d}/certs/dedup.key\"\n[store]\npath = \"{d}/{role}-store\"\nmax_bytes = \"2GiB\"\n[tunnel]\nudp_buffer = \"4MiB\"\n"
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nca = \"{d}/certs/ca.pem\"\ncert = \"{d}/certs/{role}.pem\"\nkey = \"{d}/certs/{role}.key\"\n[dedup]\nkey_file = \"{d}/certs/dedup.key\"\n[store]\npath = \"{d}/{role}-store\"\nmax_bytes = \"2GiB\"\n[tunnel]\nudp_buffer = \"4MiB\"\nfec = {fec}\n"
     );
     if role.starts_with("core") {
         format!("{common}[core]\nlisten = \"127.0.0.1:0\"\n[[core.service]]\nname = \"origin\"\nupstream = \"{origin}\"\n")
@@ -199,7 +209,13 @@ pub async fn run(
 
     // Role names double as certificate file stems (core-localhost, edge-edge-a).
     let core_cfg = strait_config::parse(
-        &config_text("core-localhost", dir.path(), "", &origin_addr.to_string()),
+        &config_text(
+            "core-localhost",
+            dir.path(),
+            "",
+            &origin_addr.to_string(),
+            &opts.fec,
+        ),
         std::path::Path::new("demo-core.toml"),
         true,
     )?;
@@ -208,7 +224,13 @@ pub async fn run(
         .tunnel
         .ok_or_else(|| Error::Other("core has no tunnel address".into()))?;
     let edge_cfg = strait_config::parse(
-        &config_text("edge-edge-a", dir.path(), &core_addr.to_string(), ""),
+        &config_text(
+            "edge-edge-a",
+            dir.path(),
+            &core_addr.to_string(),
+            "",
+            &opts.fec,
+        ),
         std::path::Path::new("demo-edge.toml"),
         true,
     )?;
@@ -224,7 +246,7 @@ pub async fn run(
 
     let mut reports = Vec::new();
     for pass in 1..=opts.passes {
-        let before = totals(&edge.metrics);
+        let before = totals(&edge.metrics, &core.metrics);
         let t0 = Instant::now();
         for (name, digest) in &digests {
             let body = http_get(fwd, name).await?;
@@ -234,7 +256,7 @@ pub async fn run(
                 )));
             }
         }
-        let after = totals(&edge.metrics);
+        let after = totals(&edge.metrics, &core.metrics);
         let r = PassReport {
             logical_bytes: after.logical_bytes - before.logical_bytes,
             wan_bytes: after.wan_bytes - before.wan_bytes,

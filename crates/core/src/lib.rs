@@ -41,8 +41,8 @@ pub enum Error {
 }
 
 /// Live tunnels, for the metrics probe.
-#[derive(Default)]
 struct Tunnels {
+    fec: Arc<strait_fec::FecStats>,
     live: Mutex<HashMap<usize, quinn::Connection>>,
     closed_tx: AtomicU64,
     closed_rx: AtomicU64,
@@ -54,7 +54,8 @@ impl Tunnels {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let mut s = TunnelSnapshot {
             connections: live.len() as u64,
-            wan_tx_bytes: self.closed_tx.load(Relaxed),
+            wan_tx_bytes: self.closed_tx.load(Relaxed)
+                + strait_transport::endpoint::fec_tx_overhead(&self.fec),
             wan_rx_bytes: self.closed_rx.load(Relaxed),
             lost_packets: self.closed_lost.load(Relaxed),
             ..Default::default()
@@ -110,8 +111,17 @@ impl Core {
     /// Binds the tunnel endpoint. The store is opened by the caller (so tests can share it).
     pub fn bind(cfg: Config, metrics: Arc<Metrics>, store: Arc<Store>) -> Result<Core, Error> {
         let core = cfg.core.clone().ok_or(Error::NotCore)?;
-        let endpoint =
-            strait_transport::endpoint::server_endpoint(core.listen, &cfg.tls, &cfg.tunnel)?;
+        let fec = Arc::new(strait_fec::FecStats::default());
+        let endpoint = strait_transport::endpoint::server_endpoint(
+            core.listen,
+            &cfg.tls,
+            &cfg.tunnel,
+            fec.clone(),
+        )?;
+        let fec_stats = fec.clone();
+        if cfg.tunnel.fec != strait_config::Fec::Off {
+            metrics.add_extra(move || strait_transport::endpoint::fec_families(&fec));
+        }
         let chunker = ChunkerConfig::new(
             cfg.dedup.min_chunk,
             cfg.dedup.avg_chunk,
@@ -130,7 +140,13 @@ impl Core {
             store,
             chunker,
             flows: TaskTracker::new(),
-            tunnels: Tunnels::default(),
+            tunnels: Tunnels {
+                fec: fec_stats,
+                live: Mutex::new(HashMap::new()),
+                closed_tx: AtomicU64::new(0),
+                closed_rx: AtomicU64::new(0),
+                closed_lost: AtomicU64::new(0),
+            },
         });
         let s2 = shared.clone();
         metrics.set_tunnel_probe(move || s2.tunnels.snapshot());

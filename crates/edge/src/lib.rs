@@ -64,6 +64,7 @@ pub enum OpenError {
 }
 
 struct Shared {
+    fec: Arc<strait_fec::FecStats>,
     cfg: Config,
     metrics: Arc<Metrics>,
     store: Arc<Store>,
@@ -120,8 +121,17 @@ impl Edge {
                 source: e,
             })
         })?;
-        let endpoint =
-            strait_transport::endpoint::client_endpoint(core_addr, &cfg.tls, &cfg.tunnel)?;
+        let fec = Arc::new(strait_fec::FecStats::default());
+        let endpoint = strait_transport::endpoint::client_endpoint(
+            core_addr,
+            &cfg.tls,
+            &cfg.tunnel,
+            fec.clone(),
+        )?;
+        let fec_stats = fec.clone();
+        if cfg.tunnel.fec != strait_config::Fec::Off {
+            metrics.add_extra(move || strait_transport::endpoint::fec_families(&fec));
+        }
         let peer = store
             .peer_slot(&format!("core@{}", edge.server_name))
             .map_err(|e| Error::Store(e.to_string()))?;
@@ -133,6 +143,7 @@ impl Edge {
         .map_err(|e| Error::Chunker(e.to_string()))?;
         let (tunnel_tx, tunnel_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
+            fec: fec_stats,
             hasher: ChunkHasher::new(cfg.dedup.key),
             cfg,
             metrics: metrics.clone(),
@@ -250,7 +261,8 @@ impl Edge {
 impl Shared {
     fn snapshot(&self) -> TunnelSnapshot {
         let mut s = TunnelSnapshot {
-            wan_tx_bytes: self.closed_tx.load(Relaxed),
+            wan_tx_bytes: self.closed_tx.load(Relaxed)
+                + strait_transport::endpoint::fec_tx_overhead(&self.fec),
             wan_rx_bytes: self.closed_rx.load(Relaxed),
             ..Default::default()
         };

@@ -78,6 +78,9 @@ enum Cmd {
         /// Seed of the generated data.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Forward error correction on the tunnel: off, adaptive, or K+M (e.g. 32+4).
+        #[arg(long, default_value = "off")]
+        fec: String,
     },
 }
 
@@ -170,12 +173,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             size_mib,
             passes,
             seed,
+            fec,
         } => {
             strait_app::init_tracing("warn");
+            let fec = match fec.as_str() {
+                "off" | "adaptive" => format!("\"{fec}\""),
+                km => match km.split_once('+') {
+                    Some((k, m)) => format!("{{ data = {k}, repair = {m} }}"),
+                    None => {
+                        anyhow::bail!("--fec {km:?} is not valid: expected off, adaptive or K+M")
+                    }
+                },
+            };
             let opts = strait_app::demo::DemoOptions {
                 size: size_mib << 20,
                 passes,
                 seed,
+                fec,
             };
             let reports = runtime()?.block_on(strait_app::demo::run(&opts, |m| println!("{m}")))?;
             println!();

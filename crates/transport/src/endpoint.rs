@@ -7,11 +7,34 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use strait_config::{Congestion, Tls, Tunnel};
+use strait_config::{Congestion, Fec, Tls, Tunnel};
+use strait_fec::{FecConfig, FecMode, FecStats, FEC_HEADER_LEN};
+
+/// Largest UDP payload the tunnel uses on a 1500-byte path.
+pub const MAX_UDP_PAYLOAD: u16 = 1452;
+
+fn fec_mode(f: Fec) -> FecMode {
+    match f {
+        Fec::Off => FecMode::Off,
+        Fec::Adaptive => FecMode::adaptive(),
+        Fec::Fixed { data, repair } => FecMode::Fixed { k: data, m: repair },
+    }
+}
 
 /// QUIC transport parameters from `[tunnel]`.
 pub fn transport_config(t: &Tunnel) -> Result<TransportConfig, Error> {
     let mut tc = TransportConfig::default();
+    // FEC wraps every QUIC packet in its header: QUIC's packets shrink by that much so the
+    // wrapped datagram still fits the path.
+    let fec_overhead = if t.fec == Fec::Off {
+        0
+    } else {
+        FEC_HEADER_LEN as u16
+    };
+    let mtu = t.initial_mtu.min(MAX_UDP_PAYLOAD.max(t.initial_mtu)) - fec_overhead;
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(t.initial_mtu.max(MAX_UDP_PAYLOAD) - fec_overhead);
+    tc.mtu_discovery_config(Some(mtud));
     let varint = |v: u64, what: &str| {
         VarInt::from_u64(v).map_err(|_| Error::Tls(format!("tunnel.{what} = {v} is too large")))
     };
@@ -24,7 +47,7 @@ pub fn transport_config(t: &Tunnel) -> Result<TransportConfig, Error> {
             IdleTimeout::try_from(t.idle_timeout)
                 .map_err(|_| Error::Tls("tunnel.idle_timeout is too large".into()))?,
         ))
-        .initial_mtu(t.initial_mtu)
+        .initial_mtu(mtu)
         .max_concurrent_bidi_streams(VarInt::from_u32(t.max_flows))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
     match t.congestion {
@@ -71,19 +94,44 @@ fn runtime() -> Arc<dyn quinn::Runtime> {
     Arc::new(quinn::TokioRuntime)
 }
 
+fn make_endpoint(
+    sock: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+    tunnel: &Tunnel,
+    fec_stats: Arc<FecStats>,
+) -> Result<quinn::Endpoint, Error> {
+    let mode = fec_mode(tunnel.fec);
+    if mode == FecMode::Off {
+        return quinn::Endpoint::new(quinn::EndpointConfig::default(), server, sock, runtime())
+            .map_err(io_err("starting QUIC endpoint"));
+    }
+    let cfg = FecConfig::new(mode);
+    cfg.validate()
+        .map_err(|e| Error::Tls(format!("tunnel.fec: {e}")))?;
+    let wrapped = strait_fec::wrap_socket(sock, cfg, fec_stats)
+        .map_err(io_err("wrapping UDP socket with FEC"))?;
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        server,
+        wrapped,
+        runtime(),
+    )
+    .map_err(io_err("starting QUIC endpoint"))
+}
+
 /// The core's endpoint: listens on `listen`, requires client certificates from the CA.
 pub fn server_endpoint(
     listen: SocketAddr,
     tls: &Tls,
     tunnel: &Tunnel,
+    fec_stats: Arc<FecStats>,
 ) -> Result<quinn::Endpoint, Error> {
     let crypto = tls::server_config(&tls.ca, &tls.cert, &tls.key)?;
     let qc = QuicServerConfig::try_from(crypto).map_err(|e| Error::Tls(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qc));
     sc.transport_config(Arc::new(transport_config(tunnel)?));
     let sock = udp_socket(listen, tunnel.udp_buffer)?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(sc), sock, runtime())
-        .map_err(io_err(format!("starting QUIC endpoint on {listen}")))
+    make_endpoint(sock, Some(sc), tunnel, fec_stats)
 }
 
 /// Client-side settings of an edge's endpoint.
@@ -100,6 +148,7 @@ pub fn client_endpoint(
     core: SocketAddr,
     tls: &Tls,
     tunnel: &Tunnel,
+    fec_stats: Arc<FecStats>,
 ) -> Result<quinn::Endpoint, Error> {
     let bind: SocketAddr = if core.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
@@ -107,8 +156,7 @@ pub fn client_endpoint(
         SocketAddr::from(([0u16; 8], 0))
     };
     let sock = udp_socket(bind, tunnel.udp_buffer)?;
-    let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, runtime())
-        .map_err(io_err("starting QUIC client endpoint"))?;
+    let mut ep = make_endpoint(sock, None, tunnel, fec_stats)?;
     ep.set_default_client_config(client_config(tls, tunnel)?);
     Ok(ep)
 }
@@ -120,4 +168,86 @@ pub fn key_fingerprint(key: &[u8; 32]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&h.as_bytes()[..16]);
     out
+}
+
+/// FEC statistics as metric families (`strait_fec_*`).
+pub fn fec_families(stats: &FecStats) -> Vec<strait_admin::ExtraFamily> {
+    let s = stats.snapshot();
+    let one = |name: &str, help: &str, kind: &'static str, v: f64| strait_admin::ExtraFamily {
+        name: name.to_string(),
+        help: help.to_string(),
+        kind,
+        samples: vec![(Vec::new(), v)],
+    };
+    vec![
+        one(
+            "fec_repair_bytes_total",
+            "FEC repair bytes sent.",
+            "counter",
+            s.repair_bytes_sent as f64,
+        ),
+        one(
+            "fec_source_bytes_total",
+            "QUIC bytes sent inside FEC source packets.",
+            "counter",
+            s.source_bytes_sent as f64,
+        ),
+        one(
+            "fec_header_bytes_total",
+            "Bytes of FEC headers.",
+            "counter",
+            s.header_overhead_bytes as f64,
+        ),
+        one(
+            "fec_packets_lost_total",
+            "Packets the FEC receiver saw lost.",
+            "counter",
+            s.packets_lost as f64,
+        ),
+        one(
+            "fec_packets_rebuilt_total",
+            "Lost packets rebuilt from repair.",
+            "counter",
+            s.packets_rebuilt as f64,
+        ),
+        one(
+            "fec_blocks_unrecoverable_total",
+            "Blocks that could not be rebuilt.",
+            "counter",
+            s.blocks_unrecoverable as f64,
+        ),
+        one(
+            "fec_k",
+            "Current source packets per block.",
+            "gauge",
+            s.current_k as f64,
+        ),
+        one(
+            "fec_m",
+            "Current repair packets per block.",
+            "gauge",
+            s.current_m as f64,
+        ),
+        one(
+            "fec_loss_ratio",
+            "Measured loss rate.",
+            "gauge",
+            s.loss_ppm as f64 / 1e6,
+        ),
+        one(
+            "fec_mean_burst_packets",
+            "Measured mean loss burst length.",
+            "gauge",
+            s.mean_burst_milli as f64 / 1000.0,
+        ),
+    ]
+}
+
+/// Bytes FEC added on the wire beyond what QUIC counts (repair, headers, reports): quinn's UDP
+/// counters see only QUIC packets, so the tunnel's WAN meter adds these.
+pub fn fec_tx_overhead(stats: &FecStats) -> u64 {
+    let s = stats.snapshot();
+    s.repair_bytes_sent
+        + s.header_overhead_bytes
+        + s.control_packets_sent * strait_fec::packet::CONTROL_LEN as u64
 }
