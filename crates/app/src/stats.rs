@@ -102,9 +102,9 @@ pub fn render(j: &serde_json::Value) -> String {
                 if w > 0.0 { l / w } else { 0.0 },
                 human(g(&r["dedup_saved_bytes"])),
                 human(g(&r["compression_saved_bytes"])),
-                r["ref_chunks"],
-                r["literal_chunks"],
-                r["misses"],
+                r["ref_chunks"].as_u64().unwrap_or(0),
+                r["literal_chunks"].as_u64().unwrap_or(0),
+                r["misses"].as_u64().unwrap_or(0),
             ));
         }
     }
