@@ -90,7 +90,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<strait_config::Config> {
+fn load(path: &std::path::Path) -> anyhow::Result<strait_config::Config> {
     Ok(strait_config::load(path, true)?)
 }
 

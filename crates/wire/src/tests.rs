@@ -31,7 +31,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             reason
         }),
         (
-            id.clone(),
+            id,
             any::<u8>(),
             0u32..1_000_000,
             prop::collection::vec(any::<u8>(), 0..2000)
@@ -43,7 +43,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 payload: Bytes::from(p)
             }),
         (
-            id.clone(),
+            id,
             any::<u8>(),
             0u32..1_000_000,
             prop::collection::vec(any::<u8>(), 0..2000)
@@ -54,7 +54,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 len,
                 payload: Bytes::from(p)
             }),
-        prop::collection::vec((id.clone(), 0u32..1_000_000), 0..50).prop_map(|v| Frame::Refs(
+        prop::collection::vec((id, 0u32..1_000_000), 0..50).prop_map(|v| Frame::Refs(
             v.into_iter()
                 .map(|(id, len)| ChunkRef { id, len })
                 .collect()
