@@ -24,6 +24,7 @@
 //! capped, because payload bytes come from whoever the pipeline talks to.
 
 mod crc32c;
+pub mod cuts;
 mod error;
 mod glob;
 mod policy;
