@@ -152,6 +152,8 @@ pub struct Config {
     pub core: Option<Core>,
     /// Edge role, when `[edge]` is present.
     pub edge: Option<Edge>,
+    /// Traffic classes, rules and AI destinations (`[[class]]`, `[[rule]]`, `[ai]`).
+    pub policy: strait_classify::PolicyConfig,
 }
 
 /// `[tls]`.
@@ -247,11 +249,35 @@ pub struct Core {
     pub services: Vec<Service>,
     /// Timeout connecting to an upstream.
     pub upstream_connect_timeout: Duration,
+    /// `host:port` globs the core may connect to for edge HTTP proxies (empty: proxying refused).
+    pub proxy_allow: Vec<String>,
+    /// CA file for verifying `https://` upstreams (default: the system's web PKI roots).
+    pub upstream_ca: Option<PathBuf>,
+}
+
+/// What a forward speaks to its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardKind {
+    /// Any TCP protocol, carried as bytes.
+    Tcp,
+    /// HTTP/1.1 (plain HTTP, S3): each request is classified and policy applied.
+    Http,
+}
+
+/// `[[edge.proxy]]`: an HTTP proxy pipelines use through `HTTP_PROXY`/`HTTPS_PROXY`.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// Route name (statistics label).
+    pub name: String,
+    /// TCP address the proxy listens on.
+    pub listen: SocketAddr,
 }
 
 /// `[[edge.forward]]`.
 #[derive(Debug, Clone)]
 pub struct Forward {
+    /// What the forward speaks.
+    pub kind: ForwardKind,
     /// Route name (statistics label); defaults to the service name.
     pub name: String,
     /// TCP address the edge listens on.
@@ -271,6 +297,8 @@ pub struct Edge {
     pub server_name: String,
     /// Forwards.
     pub forwards: Vec<Forward>,
+    /// HTTP proxies.
+    pub proxies: Vec<Proxy>,
     /// Timeout of one connection attempt to the core.
     pub connect_timeout: Duration,
     /// How long a new flow waits for the tunnel when it is down before failing.
@@ -297,6 +325,11 @@ struct Raw {
     core: Option<RawCore>,
     edge: Option<RawEdge>,
     shutdown: Option<RawShutdown>,
+    #[serde(default)]
+    class: Vec<strait_classify::ClassConfig>,
+    #[serde(default)]
+    rule: Vec<strait_classify::RuleConfig>,
+    ai: Option<strait_classify::AiConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -367,6 +400,9 @@ struct RawCore {
     upstream_connect_timeout: Option<String>,
     #[serde(default)]
     service: Vec<RawService>,
+    #[serde(default)]
+    proxy_allow: Vec<String>,
+    upstream_ca: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -389,11 +425,21 @@ struct RawEdge {
     reconnect_max: Option<String>,
     #[serde(default)]
     forward: Vec<RawForward>,
+    #[serde(default)]
+    proxy: Vec<RawProxy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    name: Option<String>,
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawForward {
+    kind: Option<String>,
     name: Option<String>,
     listen: Option<String>,
     service: Option<String>,
@@ -941,7 +987,17 @@ fn validate(v: &mut V, raw: Raw) -> Config {
             if !name.is_empty() && !names.insert(name.clone()) {
                 v.bad(format!("{p}.name"), &name, "duplicate service name");
             }
-            let upstream = v.host_port(&format!("{p}.upstream"), &s.upstream);
+            let upstream = match s.upstream.as_deref() {
+                Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                    let rest = u.split_once("://").map(|x| x.1).unwrap_or("");
+                    let host = rest.split('/').next().unwrap_or("");
+                    if host.is_empty() {
+                        v.bad(format!("{p}.upstream"), u, "URL has no host");
+                    }
+                    u.to_string()
+                }
+                _ => v.host_port(&format!("{p}.upstream"), &s.upstream),
+            };
             let policy = v.policy(&p, s.dedup, &s.compression);
             services.push(Service {
                 name,
@@ -949,9 +1005,24 @@ fn validate(v: &mut V, raw: Raw) -> Config {
                 policy,
             });
         }
+        let upstream_ca = c
+            .upstream_ca
+            .as_ref()
+            .map(|f| v.file("core.upstream_ca", &Some(f.clone())));
+        for (i, g) in c.proxy_allow.iter().enumerate() {
+            if g.is_empty() || !g.contains(':') {
+                v.bad(
+                    format!("core.proxy_allow[{i}]"),
+                    g,
+                    "expected a host:port glob such as \"*.example.com:443\"",
+                );
+            }
+        }
         Core {
             listen,
             services,
+            proxy_allow: c.proxy_allow.clone(),
+            upstream_ca,
             upstream_connect_timeout: v.duration(
                 "core.upstream_connect_timeout",
                 &c.upstream_connect_timeout,
@@ -979,12 +1050,36 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         let mut names = HashSet::new();
         let mut listens = HashSet::new();
         let mut forwards = Vec::new();
-        if e.forward.is_empty() {
+        if e.forward.is_empty() && e.proxy.is_empty() {
             v.bad(
                 "edge.forward",
                 "",
-                "missing: declare at least one [[edge.forward]]",
+                "missing: declare at least one [[edge.forward]] or [[edge.proxy]]",
             );
+        }
+        let mut proxies = Vec::new();
+        for (i, pr) in e.proxy.iter().enumerate() {
+            let p = format!("edge.proxy[{i}]");
+            let name = match &pr.name {
+                Some(_) => v.name(&format!("{p}.name"), &pr.name),
+                None => "proxy".to_string(),
+            };
+            if !names.insert(name.clone()) {
+                v.bad(
+                    format!("{p}.name"),
+                    &name,
+                    "duplicate route name (set a distinct name)",
+                );
+            }
+            let listen = v.socket_addr(&format!("{p}.listen"), &pr.listen, None);
+            if listen.port() != 0 && !listens.insert(listen) {
+                v.bad(
+                    format!("{p}.listen"),
+                    listen.to_string(),
+                    "two listeners on the same address",
+                );
+            }
+            proxies.push(Proxy { name, listen });
         }
         for (i, f) in e.forward.iter().enumerate() {
             let p = format!("edge.forward[{i}]");
@@ -1009,7 +1104,16 @@ fn validate(v: &mut V, raw: Raw) -> Config {
                 );
             }
             let policy = v.policy(&p, f.dedup, &f.compression);
+            let kind = match f.kind.as_deref() {
+                None | Some("tcp") => ForwardKind::Tcp,
+                Some("http") => ForwardKind::Http,
+                Some(other) => {
+                    v.bad(format!("{p}.kind"), other, "expected \"tcp\" or \"http\"");
+                    ForwardKind::Tcp
+                }
+            };
             forwards.push(Forward {
+                kind,
                 name,
                 listen,
                 service,
@@ -1041,6 +1145,7 @@ fn validate(v: &mut V, raw: Raw) -> Config {
             core,
             server_name,
             forwards,
+            proxies,
             connect_timeout: v.duration(
                 "edge.connect_timeout",
                 &e.connect_timeout,
@@ -1060,6 +1165,21 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         }
     });
 
+    let policy = strait_classify::PolicyConfig {
+        classes: raw.class,
+        rules: raw.rule,
+        ai: raw.ai.unwrap_or_default(),
+    };
+    if let Err(e) = strait_classify::Classifier::new(policy.clone()) {
+        let msg = e.to_string();
+        match msg.split_once(" = ") {
+            Some((path, rest)) => match rest.split_once(": ") {
+                Some((value, reason)) => v.bad(path, value.trim_matches('"'), reason),
+                None => v.bad(path, "", rest),
+            },
+            None => v.bad("policy", "", msg),
+        }
+    }
     Config {
         log_level,
         admin_listen,
@@ -1070,6 +1190,7 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         store,
         core,
         edge,
+        policy,
     }
 }
 
