@@ -70,16 +70,28 @@ fn pipeline(c: &mut Criterion) {
     });
 
     // Cold encode: a fresh store every iteration (every chunk is a literal and is stored).
+    // Setup (store creation) is untimed, and the store and its directory are returned so that
+    // deleting them happens outside the measurement too.
+    let fresh = || {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let p = s.peer_slot("peer").unwrap();
+        (dir, s, p)
+    };
     g.bench_function("encode/cold_text", |b| {
-        b.iter_with_setup(
-            || tempfile::tempdir().unwrap(),
-            |dir| {
-                let s = store(&dir);
-                let p = s.peer_slot("peer").unwrap();
-                let mut enc = FlowEncoder::new(enc_cfg(), hasher.clone(), s, p, Arc::new(RouteStats::default()));
-                encode_all(&mut enc, text).len()
-            },
-        )
+        b.iter_with_setup(fresh, |(dir, s, p)| {
+            let mut enc = FlowEncoder::new(enc_cfg(), hasher.clone(), s.clone(), p, Arc::new(RouteStats::default()));
+            (encode_all(&mut enc, text).len(), s, dir)
+        })
+    });
+
+    // Cold encode without the store (dedup off): isolates the store's share of the cost.
+    g.bench_function("encode/cold_text_no_store", |b| {
+        b.iter_with_setup(fresh, |(dir, s, p)| {
+            let cfg = EncoderConfig { dedup: false, ..enc_cfg() };
+            let mut enc = FlowEncoder::new(cfg, hasher.clone(), s.clone(), p, Arc::new(RouteStats::default()));
+            (encode_all(&mut enc, text).len(), s, dir)
+        })
     });
 
     // Warm encode: every chunk already known to the peer: references only.
@@ -120,7 +132,7 @@ fn pipeline(c: &mut Criterion) {
         n
     };
     g.bench_function("decode/cold_text", |b| {
-        b.iter_with_setup(|| tempfile::tempdir().unwrap(), |dir| decode(&cold_frames, store(&dir)))
+        b.iter_with_setup(fresh, |(dir, s, _)| (decode(&cold_frames, s.clone()), s, dir))
     });
     let rx_dir = tempfile::tempdir().unwrap();
     let rx = store(&rx_dir);
