@@ -38,6 +38,9 @@ pub enum Error {
     /// Chunker settings rejected.
     #[error("dedup chunk sizes: {0}")]
     Chunker(String),
+    /// Classes and rules rejected.
+    #[error("policy: {0}")]
+    Policy(String),
 }
 
 /// Live tunnels, for the metrics probe.
@@ -91,6 +94,8 @@ impl Tunnels {
 }
 
 struct Shared {
+    classifier: Arc<strait_classify::Classifier>,
+    classes: Arc<strait_classify::ClassStats>,
     cfg: Config,
     services: HashMap<String, Service>,
     metrics: Arc<Metrics>,
@@ -128,7 +133,16 @@ impl Core {
             cfg.dedup.max_chunk,
         )
         .map_err(|e| Error::Chunker(e.to_string()))?;
+        let classifier = Arc::new(
+            strait_classify::Classifier::new(cfg.policy.clone())
+                .map_err(|e| Error::Policy(e.to_string()))?,
+        );
+        let classes = Arc::new(strait_classify::ClassStats::new(&classifier));
+        let c2 = classes.clone();
+        metrics.add_extra(move || strait_transport::classes::class_families(&c2));
         let shared = Arc::new(Shared {
+            classifier,
+            classes,
             hasher: ChunkHasher::new(cfg.dedup.key),
             services: core
                 .services
@@ -373,6 +387,30 @@ async fn serve_flow(
         let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
         return;
     };
+    let verdict = sh.classifier.classify(&strait_classify::FlowInfo {
+        route: &svc.name,
+        host: None,
+        path: None,
+        method: None,
+        prefix: None,
+    });
+    let class = sh.classifier.class(verdict.class).name.clone();
+    let counters = sh.classes.get(verdict.class);
+    counters.record_verdict(&verdict, false);
+    if verdict.action == strait_classify::Action::Deny {
+        sh.metrics.refused_flows.fetch_add(1, Relaxed);
+        tracing::warn!(%edge, %service, %class, "flow denied by policy");
+        refuse(
+            &mut send,
+            RefuseCode::Denied,
+            &format!("class {class:?} is denied by the core's policy"),
+        )
+        .await;
+        let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+        return;
+    }
+    let policy = strait_transport::classes::effective_policy(svc.policy, &verdict);
+    let _ = send.set_priority(verdict.priority);
     let timeout = sh
         .cfg
         .core
@@ -424,12 +462,13 @@ async fn serve_flow(
     let encoder = FlowEncoder::new(
         EncoderConfig {
             chunker: sh.chunker,
-            dedup: svc.policy.dedup,
+            dedup: policy.dedup,
             compress: CompressConfig {
-                level: svc.policy.compression,
+                level: policy.compression,
                 tensor: true,
             },
             window: d.flow_window,
+            ..Default::default()
         },
         sh.hasher.clone(),
         sh.store.clone(),
@@ -451,8 +490,17 @@ async fn serve_flow(
         flush_delay: d.flush_delay,
         prefix: fd,
         expect_open_ok: false,
+        rate: verdict
+            .rate_limit
+            .map(strait_classify::TokenBucket::with_default_burst),
     };
-    match flow::pump(tcp, &mut send, &mut recv, parts).await {
+    let totals = flow::FlowTotals::default();
+    let result = flow::pump(tcp, &mut send, &mut recv, parts, &totals).await;
+    counters.add_bytes(
+        totals.tx_logical.load(Relaxed) + totals.rx_logical.load(Relaxed),
+        totals.tx_wan.load(Relaxed) + totals.rx_wan.load(Relaxed),
+    );
+    match result {
         Ok(()) => tracing::debug!(%service, "flow done"),
         Err(e) => {
             sh.metrics.flow_errors.fetch_add(1, Relaxed);

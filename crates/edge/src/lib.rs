@@ -49,6 +49,9 @@ pub enum Error {
     /// Chunker settings rejected.
     #[error("dedup chunk sizes: {0}")]
     Chunker(String),
+    /// Classes and rules rejected.
+    #[error("policy: {0}")]
+    Policy(String),
 }
 
 /// Why a flow could not be carried.
@@ -64,6 +67,8 @@ pub enum OpenError {
 }
 
 struct Shared {
+    classifier: Arc<strait_classify::Classifier>,
+    classes: Arc<strait_classify::ClassStats>,
     fec: Arc<strait_fec::FecStats>,
     cfg: Config,
     metrics: Arc<Metrics>,
@@ -142,7 +147,16 @@ impl Edge {
         )
         .map_err(|e| Error::Chunker(e.to_string()))?;
         let (tunnel_tx, tunnel_rx) = watch::channel(None);
+        let classifier = Arc::new(
+            strait_classify::Classifier::new(cfg.policy.clone())
+                .map_err(|e| Error::Policy(e.to_string()))?,
+        );
+        let classes = Arc::new(strait_classify::ClassStats::new(&classifier));
+        let c2 = classes.clone();
+        metrics.add_extra(move || strait_transport::classes::class_families(&c2));
         let shared = Arc::new(Shared {
+            classifier,
+            classes,
             fec: fec_stats,
             hasher: ChunkHasher::new(cfg.dedup.key),
             cfg,
@@ -420,6 +434,29 @@ async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
         drop(tcp);
     };
+    let verdict = sh.classifier.classify(&strait_classify::FlowInfo {
+        route: &fwd.name,
+        host: None,
+        path: None,
+        method: None,
+        prefix: None,
+    });
+    let class = sh.classifier.class(verdict.class).name.clone();
+    let counters = sh.classes.get(verdict.class);
+    counters.record_verdict(&verdict, false);
+    match verdict.action {
+        strait_classify::Action::Deny => {
+            sh.metrics.refused_flows.fetch_add(1, Relaxed);
+            tracing::warn!(route = %fwd.name, %class, "flow denied by policy");
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+            return;
+        }
+        strait_classify::Action::Log => {
+            tracing::info!(route = %fwd.name, %class, "flow logged by policy")
+        }
+        strait_classify::Action::Allow => {}
+    }
+    let policy = strait_transport::classes::effective_policy(fwd.policy, &verdict);
     let conn = match sh.connection().await {
         Ok(c) => c,
         Err(e) => {
@@ -434,6 +471,7 @@ async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
             return fail(tcp, &OpenError::Stream(e.to_string()));
         }
     };
+    let _ = send.set_priority(verdict.priority);
     let tx_stats = sh.metrics.route(&fwd.name, Direction::Upload);
     let rx_stats = sh.metrics.route(&fwd.name, Direction::Download);
     let mut out = bytes::BytesMut::new();
@@ -453,12 +491,13 @@ async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
     let encoder = FlowEncoder::new(
         EncoderConfig {
             chunker: sh.chunker,
-            dedup: fwd.policy.dedup,
+            dedup: policy.dedup,
             compress: CompressConfig {
-                level: fwd.policy.compression,
+                level: policy.compression,
                 tensor: true,
             },
             window: d.flow_window,
+            ..Default::default()
         },
         sh.hasher.clone(),
         sh.store.clone(),
@@ -480,8 +519,17 @@ async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
         flush_delay: d.flush_delay,
         prefix: FrameDecoder::new(),
         expect_open_ok: true,
+        rate: verdict
+            .rate_limit
+            .map(strait_classify::TokenBucket::with_default_burst),
     };
-    match flow::pump(tcp, &mut send, &mut recv, parts).await {
+    let totals = flow::FlowTotals::default();
+    let result = flow::pump(tcp, &mut send, &mut recv, parts, &totals).await;
+    counters.add_bytes(
+        totals.tx_logical.load(Relaxed) + totals.rx_logical.load(Relaxed),
+        totals.tx_wan.load(Relaxed) + totals.rx_wan.load(Relaxed),
+    );
+    match result {
         Ok(()) => tracing::debug!(route = %fwd.name, "flow done"),
         Err(e) => {
             sh.metrics.flow_errors.fetch_add(1, Relaxed);

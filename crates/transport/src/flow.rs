@@ -12,7 +12,7 @@
 //! stream and the TCP connection (RST), so a client never mistakes a broken flow for a short one.
 
 use bytes::BytesMut;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use strait_admin::RouteStats;
@@ -79,6 +79,21 @@ pub struct FlowParts {
     pub prefix: FrameDecoder,
     /// The first frame from the peer must be `OpenOk` (the edge side).
     pub expect_open_ok: bool,
+    /// Rate cap of what this side reads from its client (the flow's class policy).
+    pub rate: Option<strait_classify::TokenBucket>,
+}
+
+/// Byte counts of one flow, for per-class statistics.
+#[derive(Debug, Default)]
+pub struct FlowTotals {
+    /// Client bytes read and sent.
+    pub tx_logical: AtomicU64,
+    /// Tunnel bytes written.
+    pub tx_wan: AtomicU64,
+    /// Client bytes delivered.
+    pub rx_logical: AtomicU64,
+    /// Tunnel bytes read.
+    pub rx_wan: AtomicU64,
 }
 
 /// Runs a flow to completion. On error both the stream and the TCP connection are reset.
@@ -87,6 +102,7 @@ pub async fn pump(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     parts: FlowParts,
+    totals: &FlowTotals,
 ) -> Result<(), FlowError> {
     let _ = tcp.set_nodelay(true);
     let FlowParts {
@@ -97,6 +113,7 @@ pub async fn pump(
         flush_delay,
         prefix,
         expect_open_ok,
+        mut rate,
     } = parts;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Ctl>(FLOW_CTL_QUEUE);
     let result = {
@@ -128,7 +145,12 @@ pub async fn pump(
                                 encoder.finish(&mut out);
                             }
                             Ok(n) => {
+                                totals.tx_logical.fetch_add(n as u64, Relaxed);
                                 encoder.push(&buf[..n], &mut out);
+                                if let Some(wait) = rate.as_mut().and_then(|r| r.take(n as u64, std::time::Instant::now())) {
+                                    // The class's rate cap: hold the client back (backpressure).
+                                    tokio::time::sleep(wait).await;
+                                }
                                 if encoder.has_pending() {
                                     if flush_delay.is_zero() {
                                         encoder.flush(&mut out);
@@ -152,6 +174,7 @@ pub async fn pump(
                         .await
                         .map_err(|e| FlowError::Tunnel(e.to_string()))?;
                     tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
+                    totals.tx_wan.fetch_add(out.len() as u64, Relaxed);
                     out.clear();
                 }
             }
@@ -197,6 +220,7 @@ pub async fn pump(
                         f @ (Frame::Literal { .. }
                         | Frame::Refs(_)
                         | Frame::Supply { .. }
+                        | Frame::Delta { .. }
                         | Frame::End) => {
                             decoder.on_frame(f, &mut wants)?;
                             if !wants.is_empty() {
@@ -204,6 +228,7 @@ pub async fn pump(
                             }
                             while let Some(b) = decoder.pop_ready() {
                                 client_w.write_all(&b).await.map_err(FlowError::Client)?;
+                                totals.rx_logical.fetch_add(b.len() as u64, Relaxed);
                             }
                             if let Some(a) = decoder.take_ack() {
                                 ctl(Ctl::Send(a)).await?;
@@ -226,6 +251,7 @@ pub async fn pump(
                 match recv.read_chunk(READ_BUF, true).await {
                     Ok(Some(c)) => {
                         rx_stats.wan_bytes.fetch_add(c.bytes.len() as u64, Relaxed);
+                        totals.rx_wan.fetch_add(c.bytes.len() as u64, Relaxed);
                         fd.extend(&c.bytes);
                     }
                     Ok(None) => break,

@@ -6,6 +6,7 @@
 //! edge's and core's job) and never parses frames itself beyond handing them to `strait-dedup`.
 
 pub mod certs;
+pub mod classes;
 pub mod endpoint;
 pub mod flow;
 pub mod tls;
