@@ -41,6 +41,9 @@ pub const DEFAULT_STORE_MAX_BYTES: u64 = 4 << 30;
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 /// How long shutdown waits for open flows to finish.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest UDP payload path-MTU discovery probes for: a 9000-byte jumbo frame minus IPv6 + UDP
+/// headers. On a 1500-byte path the probes are simply lost and QUIC stays at 1452.
+pub const DEFAULT_MAX_MTU: u16 = 8952;
 /// Longest name of a service, forward or route.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -188,6 +191,8 @@ pub struct Tunnel {
     pub idle_timeout: Duration,
     /// Initial MTU (UDP payload) QUIC uses.
     pub initial_mtu: u16,
+    /// Largest UDP payload path-MTU discovery may probe for (jumbo-frame paths, loopback).
+    pub max_mtu: u16,
     /// Maximum concurrent flows per peer.
     pub max_flows: u32,
     /// Forward error correction.
@@ -370,6 +375,7 @@ struct RawTunnel {
     keep_alive: Option<String>,
     idle_timeout: Option<String>,
     initial_mtu: Option<i64>,
+    max_mtu: Option<i64>,
     max_flows: Option<i64>,
     fec: Option<toml::Value>,
 }
@@ -783,6 +789,18 @@ fn validate(v: &mut V, raw: Raw) -> Config {
             1452
         }
     };
+    let max_mtu = match t.max_mtu {
+        None => DEFAULT_MAX_MTU,
+        Some(m) if (1200..=65_000).contains(&m) && m as u16 >= initial_mtu => m as u16,
+        Some(m) => {
+            v.bad(
+                "tunnel.max_mtu",
+                m.to_string(),
+                format!("must be between tunnel.initial_mtu ({initial_mtu}) and 65000"),
+            );
+            DEFAULT_MAX_MTU
+        }
+    };
     let max_flows = match t.max_flows {
         None => DEFAULT_MAX_FLOWS,
         Some(n) if (1..=100_000).contains(&n) => n as u32,
@@ -836,18 +854,19 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         keep_alive: v.duration(
             "tunnel.keep_alive",
             &t.keep_alive,
-            Duration::from_secs(5),
+            Duration::from_secs(2),
             Duration::from_millis(100),
             Duration::from_secs(600),
         ),
         idle_timeout: v.duration(
             "tunnel.idle_timeout",
             &t.idle_timeout,
-            Duration::from_secs(30),
+            Duration::from_secs(10),
             Duration::from_millis(500),
             Duration::from_secs(3600),
         ),
         initial_mtu,
+        max_mtu,
         max_flows,
         fec,
     };

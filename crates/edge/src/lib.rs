@@ -264,6 +264,8 @@ impl Edge {
             );
         }
         let _ = tunnel_task.await;
+        // Flows cut off by the closed tunnel reset their clients; give them a moment to do so.
+        let _ = tokio::time::timeout(Duration::from_secs(2), shared.flows.wait()).await;
         endpoint.close(quinn::VarInt::from_u32(0), b"edge shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         if let Err(e) = shared.store.flush() {
@@ -407,8 +409,10 @@ async fn maintain_tunnel(
                 *sh.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 match reason {
                     None => {
-                        // Let draining flows finish before the tunnel closes.
-                        sh.flows.wait().await;
+                        // Let draining flows finish before the tunnel closes, for at most the
+                        // drain timeout; closing the connection then fails the rest, and their
+                        // pumps reset the client connections (RST), never a clean short EOF.
+                        let _ = tokio::time::timeout(sh.cfg.drain_timeout, sh.flows.wait()).await;
                         conn.close(quinn::VarInt::from_u32(0), b"edge shutting down");
                         break;
                     }

@@ -33,7 +33,7 @@ pub fn transport_config(t: &Tunnel) -> Result<TransportConfig, Error> {
     };
     let mtu = t.initial_mtu.min(MAX_UDP_PAYLOAD.max(t.initial_mtu)) - fec_overhead;
     let mut mtud = quinn::MtuDiscoveryConfig::default();
-    mtud.upper_bound(t.initial_mtu.max(MAX_UDP_PAYLOAD) - fec_overhead);
+    mtud.upper_bound(t.max_mtu.max(t.initial_mtu) - fec_overhead);
     tc.mtu_discovery_config(Some(mtud));
     let varint = |v: u64, what: &str| {
         VarInt::from_u64(v).map_err(|_| Error::Tls(format!("tunnel.{what} = {v} is too large")))
