@@ -41,6 +41,9 @@ pub enum Error {
     /// Classes and rules rejected.
     #[error("policy: {0}")]
     Policy(String),
+    /// An `http(s)://` upstream or its CA file is not usable.
+    #[error("core.service upstream: {0}")]
+    Upstream(String),
 }
 
 /// Live tunnels, for the metrics probe.
@@ -94,6 +97,8 @@ impl Tunnels {
 }
 
 struct Shared {
+    upstreams: HashMap<String, strait_http::Upstream>,
+    proxy_allow: Vec<(strait_classify::Glob, strait_classify::Glob)>,
     classifier: Arc<strait_classify::Classifier>,
     classes: Arc<strait_classify::ClassStats>,
     cfg: Config,
@@ -140,7 +145,28 @@ impl Core {
         let classes = Arc::new(strait_classify::ClassStats::new(&classifier));
         let c2 = classes.clone();
         metrics.add_extra(move || strait_transport::classes::class_families(&c2));
+        let mut upstreams = HashMap::new();
+        for s in &core.services {
+            if s.upstream.starts_with("http://") || s.upstream.starts_with("https://") {
+                let u = strait_http::Upstream::parse(&s.upstream, core.upstream_ca.as_deref())
+                    .map_err(|e| Error::Upstream(format!("service {:?}: {e}", s.name)))?;
+                upstreams.insert(s.name.clone(), u);
+            }
+        }
+        let proxy_allow = core
+            .proxy_allow
+            .iter()
+            .filter_map(|g| g.rsplit_once(':'))
+            .map(|(h, p)| {
+                (
+                    strait_classify::Glob::new_case_insensitive(h),
+                    strait_classify::Glob::new(p),
+                )
+            })
+            .collect();
         let shared = Arc::new(Shared {
+            upstreams,
+            proxy_allow,
             classifier,
             classes,
             hasher: ChunkHasher::new(cfg.dedup.key),
@@ -341,6 +367,27 @@ async fn serve_connection(
     .await
 }
 
+/// A connected upstream: plain TCP (reset with RST on failure) or an `http(s)://` upstream
+/// (TLS originated here when the service's upstream is `https://`).
+enum UpstreamConn {
+    Tcp(tokio::net::TcpStream),
+    Http(Box<dyn strait_http::AsyncStream>),
+}
+
+/// Service names with this prefix come from an edge's HTTP proxy: `proxy:host:port`.
+pub const PROXY_SERVICE_PREFIX: &str = "proxy:";
+
+impl Shared {
+    fn proxy_allowed(&self, origin: &str) -> bool {
+        let Some((host, port)) = origin.rsplit_once(':') else {
+            return false;
+        };
+        self.proxy_allow
+            .iter()
+            .any(|(h, p)| h.matches(host) && p.matches(port))
+    }
+}
+
 async fn refuse(send: &mut quinn::SendStream, code: RefuseCode, reason: &str) {
     let mut out = bytes::BytesMut::new();
     Frame::Refuse {
@@ -375,17 +422,48 @@ async fn serve_flow(
         let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
         return;
     };
-    let Some(svc) = sh.services.get(&service).cloned() else {
-        sh.metrics.refused_flows.fetch_add(1, Relaxed);
-        tracing::warn!(%edge, %service, %route, "refused: service is not declared by this core");
-        refuse(
-            &mut send,
-            RefuseCode::UnknownService,
-            &format!("service {service:?} is not declared by this core"),
-        )
-        .await;
-        let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
-        return;
+    // An edge HTTP proxy names its origin; the core reaches it only if proxy_allow lists it.
+    let proxied = service
+        .strip_prefix(PROXY_SERVICE_PREFIX)
+        .map(str::to_string);
+    let svc = match &proxied {
+        Some(origin) => {
+            if !sh.proxy_allowed(origin) {
+                sh.metrics.refused_flows.fetch_add(1, Relaxed);
+                tracing::warn!(%edge, %origin, %route, "refused: proxy origin is not in core.proxy_allow");
+                refuse(
+                    &mut send,
+                    RefuseCode::Denied,
+                    &format!("origin {origin:?} is not in this core's proxy_allow list"),
+                )
+                .await;
+                let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+                return;
+            }
+            Service {
+                name: route.clone(),
+                upstream: origin.clone(),
+                policy: strait_config::RoutePolicy {
+                    dedup: true,
+                    compression: Some(strait_config::DEFAULT_COMPRESSION_LEVEL),
+                },
+            }
+        }
+        None => match sh.services.get(&service).cloned() {
+            Some(s) => s,
+            None => {
+                sh.metrics.refused_flows.fetch_add(1, Relaxed);
+                tracing::warn!(%edge, %service, %route, "refused: service is not declared by this core");
+                refuse(
+                    &mut send,
+                    RefuseCode::UnknownService,
+                    &format!("service {service:?} is not declared by this core"),
+                )
+                .await;
+                let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+                return;
+            }
+        },
     };
     let verdict = sh.classifier.classify(&strait_classify::FlowInfo {
         route: &svc.name,
@@ -417,9 +495,15 @@ async fn serve_flow(
         .as_ref()
         .map(|c| c.upstream_connect_timeout)
         .unwrap_or(Duration::from_secs(10));
-    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&svc.upstream))
-        .await
-    {
+    let connect = async {
+        match sh.upstreams.get(&svc.name).filter(|_| proxied.is_none()) {
+            Some(u) => u.connect().await.map(UpstreamConn::Http),
+            None => tokio::net::TcpStream::connect(&svc.upstream)
+                .await
+                .map(UpstreamConn::Tcp),
+        }
+    };
+    let upstream = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             sh.metrics.refused_flows.fetch_add(1, Relaxed);
@@ -495,7 +579,12 @@ async fn serve_flow(
             .map(strait_classify::TokenBucket::with_default_burst),
     };
     let totals = flow::FlowTotals::default();
-    let result = flow::pump(tcp, &mut send, &mut recv, parts, &totals).await;
+    let result = match upstream {
+        UpstreamConn::Tcp(tcp) => flow::pump(tcp, &mut send, &mut recv, parts, &totals).await,
+        UpstreamConn::Http(stream) => {
+            flow::pump_stream(stream, &mut send, &mut recv, parts, &totals, |_| {}).await
+        }
+    };
     counters.add_bytes(
         totals.tx_logical.load(Relaxed) + totals.rx_logical.load(Relaxed),
         totals.tx_wan.load(Relaxed) + totals.rx_wan.load(Relaxed),

@@ -11,7 +11,11 @@ use std::time::Duration;
 use strait_admin::{Direction, Metrics, TunnelSnapshot};
 use strait_chunk::{ChunkHasher, ChunkerConfig};
 use strait_codec::CompressConfig;
-use strait_config::{Config, Forward};
+use strait_config::{Config, Forward, ForwardKind, RoutePolicy};
+
+/// Service names with this prefix ask the core for an HTTP proxy origin (`proxy:host:port`);
+/// declared service names cannot contain ':'.
+pub const PROXY_SERVICE_PREFIX: &str = "proxy:";
 use strait_dedup::{EncoderConfig, FlowDecoder, FlowEncoder};
 use strait_store::{PeerSlot, Store};
 use strait_transport::endpoint::key_fingerprint;
@@ -69,6 +73,7 @@ pub enum OpenError {
 struct Shared {
     classifier: Arc<strait_classify::Classifier>,
     classes: Arc<strait_classify::ClassStats>,
+    http: Arc<strait_http::HttpStats>,
     fec: Arc<strait_fec::FecStats>,
     cfg: Config,
     metrics: Arc<Metrics>,
@@ -88,6 +93,7 @@ pub struct Edge {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     listeners: Vec<(Forward, TcpListener)>,
+    proxies: Vec<(strait_config::Proxy, TcpListener)>,
     tunnel_tx: watch::Sender<Option<quinn::Connection>>,
 }
 
@@ -120,6 +126,17 @@ impl Edge {
                 })?;
             listeners.push((f.clone(), l));
         }
+        let mut proxies = Vec::new();
+        for p in &edge.proxies {
+            let l = TcpListener::bind(p.listen)
+                .await
+                .map_err(|source| Error::Listen {
+                    name: p.name.clone(),
+                    addr: p.listen,
+                    source,
+                })?;
+            proxies.push((p.clone(), l));
+        }
         let core_addr = resolve(&edge.core).await.map_err(|e| {
             Error::Transport(strait_transport::Error::Io {
                 context: format!("resolving edge.core {}", edge.core),
@@ -151,12 +168,17 @@ impl Edge {
             strait_classify::Classifier::new(cfg.policy.clone())
                 .map_err(|e| Error::Policy(e.to_string()))?,
         );
-        let classes = Arc::new(strait_classify::ClassStats::new(&classifier));
+        // One set of class counters for TCP flows and HTTP requests alike (clones share them).
+        let http = strait_http::new_stats(&classifier);
+        let classes = Arc::new(http.classes.clone());
         let c2 = classes.clone();
         metrics.add_extra(move || strait_transport::classes::class_families(&c2));
+        let h2 = http.clone();
+        metrics.add_extra(move || h2.metric_families());
         let shared = Arc::new(Shared {
             classifier,
             classes,
+            http,
             fec: fec_stats,
             hasher: ChunkHasher::new(cfg.dedup.key),
             cfg,
@@ -178,16 +200,22 @@ impl Edge {
             shared,
             endpoint,
             listeners,
+            proxies,
             tunnel_tx,
         })
     }
 
     /// The addresses the forwards listen on, by forward name.
     pub fn forward_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
+        let fwd = self
+            .listeners
             .iter()
-            .filter_map(|(f, l)| l.local_addr().ok().map(|a| (f.name.clone(), a)))
-            .collect()
+            .filter_map(|(f, l)| l.local_addr().ok().map(|a| (f.name.clone(), a)));
+        let prx = self
+            .proxies
+            .iter()
+            .filter_map(|(p, l)| l.local_addr().ok().map(|a| (p.name.clone(), a)));
+        fwd.chain(prx).collect()
     }
 
     /// Serves until `shutdown` is cancelled, then drains open flows and closes the tunnel.
@@ -196,6 +224,7 @@ impl Edge {
             shared,
             endpoint,
             listeners,
+            proxies,
             tunnel_tx,
         } = self;
         let tunnel_task = tokio::spawn(
@@ -209,7 +238,53 @@ impl Edge {
         );
         let limit = Arc::new(Semaphore::new(shared.cfg.tunnel.max_flows as usize));
         let mut accept_tasks = Vec::new();
+        for (p, listener) in proxies {
+            let connector = Arc::new(TunnelConnector {
+                sh: shared.clone(),
+                route: p.name.clone(),
+                policy: RoutePolicy {
+                    dedup: true,
+                    compression: Some(strait_config::DEFAULT_COMPRESSION_LEVEL),
+                },
+            });
+            let span = tracing::info_span!("proxy", name = %p.name, listen = %p.listen);
+            accept_tasks.push(tokio::spawn(
+                strait_http::serve_proxy(
+                    listener,
+                    shared.classifier.clone(),
+                    shared.http.clone(),
+                    connector,
+                    shutdown.clone(),
+                )
+                .instrument(span),
+            ));
+        }
         for (fwd, listener) in listeners {
+            if fwd.kind == ForwardKind::Http {
+                let connector = Arc::new(TunnelConnector {
+                    sh: shared.clone(),
+                    route: fwd.name.clone(),
+                    policy: fwd.policy,
+                });
+                let span = tracing::info_span!("route", name = %fwd.name, listen = %fwd.listen);
+                let (sh, stop) = (shared.clone(), shutdown.clone());
+                accept_tasks.push(tokio::spawn(
+                    async move {
+                        strait_http::serve_route(
+                            listener,
+                            &fwd.name,
+                            fwd.service.clone(),
+                            sh.classifier.clone(),
+                            sh.http.clone(),
+                            connector,
+                            stop,
+                        )
+                        .await
+                    }
+                    .instrument(span),
+                ));
+                continue;
+            }
             let sh = shared.clone();
             let stop = shutdown.clone();
             let limit = limit.clone();
@@ -432,65 +507,42 @@ async fn maintain_tunnel(
     }
 }
 
-async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
-    let fail = |tcp: TcpStream, e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, service = %fwd.service, "flow failed before it started");
-        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
-        drop(tcp);
-    };
-    let verdict = sh.classifier.classify(&strait_classify::FlowInfo {
-        route: &fwd.name,
-        host: None,
-        path: None,
-        method: None,
-        prefix: None,
-    });
-    let class = sh.classifier.class(verdict.class).name.clone();
-    let counters = sh.classes.get(verdict.class);
-    counters.record_verdict(&verdict, false);
-    match verdict.action {
-        strait_classify::Action::Deny => {
-            sh.metrics.refused_flows.fetch_add(1, Relaxed);
-            tracing::warn!(route = %fwd.name, %class, "flow denied by policy");
-            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
-            return;
-        }
-        strait_classify::Action::Log => {
-            tracing::info!(route = %fwd.name, %class, "flow logged by policy")
-        }
-        strait_classify::Action::Allow => {}
-    }
-    let policy = strait_transport::classes::effective_policy(fwd.policy, &verdict);
-    let conn = match sh.connection().await {
-        Ok(c) => c,
-        Err(e) => {
-            sh.metrics.flow_errors.fetch_add(1, Relaxed);
-            return fail(tcp, &e);
-        }
-    };
-    let (mut send, mut recv) = match conn.open_bi().await {
-        Ok(s) => s,
-        Err(e) => {
-            sh.metrics.flow_errors.fetch_add(1, Relaxed);
-            return fail(tcp, &OpenError::Stream(e.to_string()));
-        }
-    };
+/// A flow opened on the tunnel: its stream and engine, ready to pump.
+struct OpenedFlow {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    parts: FlowParts,
+    _open: strait_admin::OpenFlow,
+}
+
+/// Opens a stream to the core for `service` and builds the flow's engine. The core's answer
+/// (`OpenOk` or `Refuse`) is read by the pump, so no round trip is spent here.
+async fn open_flow(
+    sh: &Arc<Shared>,
+    service: &str,
+    route: &str,
+    policy: RoutePolicy,
+    verdict: &strait_classify::Verdict,
+) -> Result<OpenedFlow, OpenError> {
+    let conn = sh.connection().await?;
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| OpenError::Stream(e.to_string()))?;
     let _ = send.set_priority(verdict.priority);
-    let tx_stats = sh.metrics.route(&fwd.name, Direction::Upload);
-    let rx_stats = sh.metrics.route(&fwd.name, Direction::Download);
+    let tx_stats = sh.metrics.route(route, Direction::Upload);
+    let rx_stats = sh.metrics.route(route, Direction::Download);
     let mut out = bytes::BytesMut::new();
     Frame::Open {
-        service: fwd.service.clone(),
-        route: fwd.name.clone(),
+        service: service.to_string(),
+        route: route.to_string(),
     }
     .encode(&mut out);
-    if let Err(e) = send.write_all(&out).await {
-        sh.metrics.flow_errors.fetch_add(1, Relaxed);
-        return fail(tcp, &e);
-    }
+    send.write_all(&out)
+        .await
+        .map_err(|e| OpenError::Stream(e.to_string()))?;
     tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
     tx_stats.flows.fetch_add(1, Relaxed);
-    let _open = sh.metrics.open_flow();
     let d = &sh.cfg.dedup;
     let encoder = FlowEncoder::new(
         EncoderConfig {
@@ -527,26 +579,125 @@ async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
             .rate_limit
             .map(strait_classify::TokenBucket::with_default_burst),
     };
+    Ok(OpenedFlow {
+        send,
+        recv,
+        parts,
+        _open: sh.metrics.open_flow(),
+    })
+}
+
+fn log_flow_result(sh: &Shared, route: &str, service: &str, result: &Result<(), FlowError>) {
+    match result {
+        Ok(()) => tracing::debug!(%route, "flow done"),
+        Err(e) => {
+            sh.metrics.flow_errors.fetch_add(1, Relaxed);
+            match e {
+                FlowError::Refused { .. } => {
+                    sh.metrics.refused_flows.fetch_add(1, Relaxed);
+                    tracing::warn!(%route, %service, error = %e, "core refused the flow")
+                }
+                FlowError::Client(_) => tracing::info!(%route, error = %e, "flow reset by client"),
+                _ => tracing::warn!(%route, error = %e, "flow failed"),
+            }
+        }
+    }
+}
+
+async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
+    let verdict = sh.classifier.classify(&strait_classify::FlowInfo {
+        route: &fwd.name,
+        host: None,
+        path: None,
+        method: None,
+        prefix: None,
+    });
+    let class = sh.classifier.class(verdict.class).name.clone();
+    let counters = sh.classes.get(verdict.class);
+    counters.record_verdict(&verdict, false);
+    let reset = |tcp: &TcpStream| {
+        let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+    };
+    match verdict.action {
+        strait_classify::Action::Deny => {
+            sh.metrics.refused_flows.fetch_add(1, Relaxed);
+            tracing::warn!(route = %fwd.name, %class, "flow denied by policy");
+            return reset(&tcp);
+        }
+        strait_classify::Action::Log => {
+            tracing::info!(route = %fwd.name, %class, "flow logged by policy")
+        }
+        strait_classify::Action::Allow => {}
+    }
+    let policy = strait_transport::classes::effective_policy(fwd.policy, &verdict);
+    let mut f = match open_flow(&sh, &fwd.service, &fwd.name, policy, &verdict).await {
+        Ok(f) => f,
+        Err(e) => {
+            sh.metrics.flow_errors.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, service = %fwd.service, "flow failed before it started");
+            return reset(&tcp);
+        }
+    };
     let totals = flow::FlowTotals::default();
-    let result = flow::pump(tcp, &mut send, &mut recv, parts, &totals).await;
+    let result = flow::pump(tcp, &mut f.send, &mut f.recv, f.parts, &totals).await;
     counters.add_bytes(
         totals.tx_logical.load(Relaxed) + totals.rx_logical.load(Relaxed),
         totals.tx_wan.load(Relaxed) + totals.rx_wan.load(Relaxed),
     );
-    match result {
-        Ok(()) => tracing::debug!(route = %fwd.name, "flow done"),
-        Err(e) => {
-            sh.metrics.flow_errors.fetch_add(1, Relaxed);
-            match &e {
-                FlowError::Refused { .. } => {
-                    sh.metrics.refused_flows.fetch_add(1, Relaxed);
-                    tracing::warn!(route = %fwd.name, service = %fwd.service, error = %e, "core refused the flow")
-                }
-                FlowError::Client(_) => {
-                    tracing::info!(route = %fwd.name, error = %e, "flow reset by client")
-                }
-                _ => tracing::warn!(route = %fwd.name, error = %e, "flow failed"),
+    log_flow_result(&sh, &fwd.name, &fwd.service, &result);
+}
+
+/// Bytes buffered between the HTTP layer and a tunnel flow's pump.
+pub const HTTP_PIPE_BUF: usize = 256 * 1024;
+
+/// Opens tunnel flows for the HTTP layer: each upstream stream the HTTP layer asks for is an
+/// in-process pipe whose other end a flow pump carries to the core.
+struct TunnelConnector {
+    sh: Arc<Shared>,
+    route: String,
+    policy: RoutePolicy,
+}
+
+impl strait_http::Connector for TunnelConnector {
+    fn connect(
+        &self,
+        target: &strait_http::Target,
+        verdict: &strait_classify::Verdict,
+    ) -> strait_http::BoxFuture<'static, std::io::Result<Box<dyn strait_http::AsyncStream>>> {
+        let sh = self.sh.clone();
+        let route = self.route.clone();
+        let service = match target {
+            strait_http::Target::Service { service } => service.clone(),
+            // Proxy flows name their origin; the core checks it against core.proxy_allow.
+            strait_http::Target::Origin { host, port } => {
+                format!("{PROXY_SERVICE_PREFIX}{host}:{port}")
             }
-        }
+        };
+        let policy = strait_transport::classes::effective_policy(self.policy, verdict);
+        let verdict = *verdict;
+        Box::pin(async move {
+            let mut f = open_flow(&sh, &service, &route, policy, &verdict)
+                .await
+                .map_err(std::io::Error::other)?;
+            let (near, far) = tokio::io::duplex(HTTP_PIPE_BUF);
+            let sh2 = sh.clone();
+            sh.flows.spawn(
+                async move {
+                    let totals = flow::FlowTotals::default();
+                    let result =
+                        flow::pump_stream(far, &mut f.send, &mut f.recv, f.parts, &totals, |_| {})
+                            .await;
+                    // The HTTP layer counts logical bytes; the data path adds what crossed the WAN.
+                    let counters = sh2.classes.get(verdict.class);
+                    counters.wan_bytes.fetch_add(
+                        totals.tx_wan.load(Relaxed) + totals.rx_wan.load(Relaxed),
+                        Relaxed,
+                    );
+                    log_flow_result(&sh2, &route, &service, &result);
+                }
+                .instrument(tracing::info_span!("http-flow")),
+            );
+            Ok(Box::new(near) as Box<dyn strait_http::AsyncStream>)
+        })
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use strait_admin::RouteStats;
 use strait_dedup::{FlowDecoder, FlowEncoder};
 use strait_wire::{Frame, FrameDecoder, RefuseCode, WireId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -98,13 +98,30 @@ pub struct FlowTotals {
 
 /// Runs a flow to completion. On error both the stream and the TCP connection are reset.
 pub async fn pump(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     parts: FlowParts,
     totals: &FlowTotals,
 ) -> Result<(), FlowError> {
     let _ = tcp.set_nodelay(true);
+    pump_stream(tcp, send, recv, parts, totals, |tcp| {
+        // Linger 0: close with RST so the client sees a failure, never a clean (short) EOF.
+        let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+    })
+    .await
+}
+
+/// [`pump`] over any byte stream (a TLS connection, an in-process pipe to the HTTP layer).
+/// `on_error` runs before the stream is dropped when the flow fails (e.g. to arrange a reset).
+pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    parts: FlowParts,
+    totals: &FlowTotals,
+    on_error: impl FnOnce(&S),
+) -> Result<(), FlowError> {
     let FlowParts {
         mut encoder,
         mut decoder,
@@ -117,7 +134,7 @@ pub async fn pump(
     } = parts;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Ctl>(FLOW_CTL_QUEUE);
     let result = {
-        let (mut client_r, mut client_w) = tcp.split();
+        let (mut client_r, mut client_w) = tokio::io::split(&mut stream);
         let up = async {
             let mut buf = vec![0u8; READ_BUF];
             let mut out = BytesMut::new();
@@ -278,8 +295,7 @@ pub async fn pump(
     };
     if result.is_err() {
         reset(send, recv);
-        // Linger 0: close with RST so the client sees a failure, never a clean (short) EOF.
-        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        on_error(&stream);
     }
     result
 }
