@@ -24,7 +24,9 @@ fn chunks(data: &[u8], aligned: bool) -> Vec<std::ops::Range<usize>> {
         let mut rest = read;
         while !rest.is_empty() {
             let to_cut = if aligned {
-                cuts.next_cut_after(pos as u64).map(|c| (c - pos as u64) as usize).filter(|d| *d <= rest.len())
+                cuts.next_cut_after(pos as u64)
+                    .map(|c| (c - pos as u64) as usize)
+                    .filter(|d| *d <= rest.len())
             } else {
                 None
             };
@@ -60,7 +62,11 @@ fn dedup_fraction(v1: &[u8], v2: &[u8], aligned: bool) -> (f64, usize) {
     let known: HashSet<[u8; 32]> = chunks(v1, aligned).into_iter().map(|r| h(&v1[r])).collect();
     let c2 = chunks(v2, aligned);
     let n = c2.len();
-    let dup: usize = c2.into_iter().filter(|r| known.contains(&h(&v2[r.clone()]))).map(|r| r.len()).sum();
+    let dup: usize = c2
+        .into_iter()
+        .filter(|r| known.contains(&h(&v2[r.clone()])))
+        .map(|r| r.len())
+        .sum();
     (dup as f64 / v2.len() as f64, n)
 }
 
@@ -68,7 +74,13 @@ fn checkpoint(seed: u64, version: u32) -> Vec<u8> {
     // Tensors of varied sizes like a transformer: many small (norms, biases), some large.
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     let sizes: Vec<usize> = (0..240)
-        .map(|i| if i % 4 == 0 { 64 * r.gen_range(16..64) } else { 64 * r.gen_range(512..4096) })
+        .map(|i| {
+            if i % 4 == 0 {
+                64 * r.gen_range(16..64)
+            } else {
+                64 * r.gen_range(512..4096)
+            }
+        })
         .collect();
     let seeds = strait_datagen::checkpoint_seeds(seed, sizes.len(), version, 0.2);
     // safetensors_bf16 takes one element count; build by hand for varied sizes.
@@ -103,7 +115,8 @@ fn tar_shard(seed: u64, version: u32) -> Vec<u8> {
         h.set_size(content.len() as u64);
         h.set_mode(0o644);
         h.set_cksum();
-        b.append_data(&mut h, format!("{i:06}.jsonl"), &content[..]).unwrap();
+        b.append_data(&mut h, format!("{i:06}.jsonl"), &content[..])
+            .unwrap();
     }
     b.into_inner().unwrap()
 }
@@ -112,15 +125,27 @@ fn main() {
     println!("| workload | size | cuts | chunks (v2) | dedup of v2 against v1 |");
     println!("|---|---|---|---|---|");
     for (name, v1, v2) in [
-        ("safetensors bf16, 240 tensors, 20% changed", checkpoint(7, 0), checkpoint(7, 1)),
-        ("tar of 400 JSONL files, 30% edited", tar_shard(9, 0), tar_shard(9, 1)),
+        (
+            "safetensors bf16, 240 tensors, 20% changed",
+            checkpoint(7, 0),
+            checkpoint(7, 1),
+        ),
+        (
+            "tar of 400 JSONL files, 30% edited",
+            tar_shard(9, 0),
+            tar_shard(9, 1),
+        ),
     ] {
         for aligned in [false, true] {
             let (f, n) = dedup_fraction(&v1, &v2, aligned);
             println!(
                 "| {name} | {:.0} MiB | {} | {n} | {:.1}% |",
                 v2.len() as f64 / (1 << 20) as f64,
-                if aligned { "content-defined + format-aligned" } else { "content-defined" },
+                if aligned {
+                    "content-defined + format-aligned"
+                } else {
+                    "content-defined"
+                },
                 100.0 * f
             );
         }

@@ -25,8 +25,12 @@ fn enc_cfg() -> EncoderConfig {
     EncoderConfig {
         chunker: ChunkerConfig::default(),
         dedup: true,
-        compress: CompressConfig { level: Some(1), tensor: true },
+        compress: CompressConfig {
+            level: Some(1),
+            tensor: true,
+        },
         window: u64::MAX,
+        ..Default::default()
     }
 }
 
@@ -53,10 +57,18 @@ fn pipeline(c: &mut Criterion) {
     let ranges = strait_chunk::chunk_boundaries(ChunkerConfig::default(), text);
     let hasher = ChunkHasher::new(KEY);
     g.bench_function("parts/hash", |b| {
-        b.iter(|| ranges.iter().map(|r| hasher.id(&text[r.clone()]).0[0] as u64).sum::<u64>())
+        b.iter(|| {
+            ranges
+                .iter()
+                .map(|r| hasher.id(&text[r.clone()]).0[0] as u64)
+                .sum::<u64>()
+        })
     });
     g.bench_function("parts/zstd1", |b| {
-        let mut e = strait_codec::Encoder::new(CompressConfig { level: Some(1), tensor: true });
+        let mut e = strait_codec::Encoder::new(CompressConfig {
+            level: Some(1),
+            tensor: true,
+        });
         let mut out = Vec::new();
         b.iter(|| {
             let mut n = 0;
@@ -80,7 +92,13 @@ fn pipeline(c: &mut Criterion) {
     };
     g.bench_function("encode/cold_text", |b| {
         b.iter_with_setup(fresh, |(dir, s, p)| {
-            let mut enc = FlowEncoder::new(enc_cfg(), hasher.clone(), s.clone(), p, Arc::new(RouteStats::default()));
+            let mut enc = FlowEncoder::new(
+                enc_cfg(),
+                hasher.clone(),
+                s.clone(),
+                p,
+                Arc::new(RouteStats::default()),
+            );
             (encode_all(&mut enc, text).len(), s, dir)
         })
     });
@@ -88,8 +106,17 @@ fn pipeline(c: &mut Criterion) {
     // Cold encode without the store (dedup off): isolates the store's share of the cost.
     g.bench_function("encode/cold_text_no_store", |b| {
         b.iter_with_setup(fresh, |(dir, s, p)| {
-            let cfg = EncoderConfig { dedup: false, ..enc_cfg() };
-            let mut enc = FlowEncoder::new(cfg, hasher.clone(), s.clone(), p, Arc::new(RouteStats::default()));
+            let cfg = EncoderConfig {
+                dedup: false,
+                ..enc_cfg()
+            };
+            let mut enc = FlowEncoder::new(
+                cfg,
+                hasher.clone(),
+                s.clone(),
+                p,
+                Arc::new(RouteStats::default()),
+            );
             (encode_all(&mut enc, text).len(), s, dir)
         })
     });
@@ -99,17 +126,35 @@ fn pipeline(c: &mut Criterion) {
     let warm = store(&warm_dir);
     let wp = warm.peer_slot("peer").unwrap();
     let cold_frames = {
-        let mut enc = FlowEncoder::new(enc_cfg(), hasher.clone(), warm.clone(), wp, Arc::new(RouteStats::default()));
+        let mut enc = FlowEncoder::new(
+            enc_cfg(),
+            hasher.clone(),
+            warm.clone(),
+            wp,
+            Arc::new(RouteStats::default()),
+        );
         encode_all(&mut enc, text)
     };
     g.bench_function("encode/warm_text", |b| {
         b.iter(|| {
-            let mut enc = FlowEncoder::new(enc_cfg(), hasher.clone(), warm.clone(), wp, Arc::new(RouteStats::default()));
+            let mut enc = FlowEncoder::new(
+                enc_cfg(),
+                hasher.clone(),
+                warm.clone(),
+                wp,
+                Arc::new(RouteStats::default()),
+            );
             encode_all(&mut enc, text).len()
         })
     });
     let warm_frames = {
-        let mut enc = FlowEncoder::new(enc_cfg(), hasher.clone(), warm.clone(), wp, Arc::new(RouteStats::default()));
+        let mut enc = FlowEncoder::new(
+            enc_cfg(),
+            hasher.clone(),
+            warm.clone(),
+            wp,
+            Arc::new(RouteStats::default()),
+        );
         encode_all(&mut enc, text)
     };
 
@@ -117,7 +162,13 @@ fn pipeline(c: &mut Criterion) {
     // holds them (warm), verified chunk by chunk.
     let decode = |frames: &BytesMut, s: Arc<Store>| {
         let p = s.peer_slot("peer").unwrap();
-        let mut dec = FlowDecoder::new(hasher.clone(), s, p, u64::MAX / 4, Arc::new(RouteStats::default()));
+        let mut dec = FlowDecoder::new(
+            hasher.clone(),
+            s,
+            p,
+            u64::MAX / 4,
+            Arc::new(RouteStats::default()),
+        );
         let mut fd = FrameDecoder::new();
         fd.extend(frames);
         let mut wants = Vec::new();
@@ -132,12 +183,16 @@ fn pipeline(c: &mut Criterion) {
         n
     };
     g.bench_function("decode/cold_text", |b| {
-        b.iter_with_setup(fresh, |(dir, s, _)| (decode(&cold_frames, s.clone()), s, dir))
+        b.iter_with_setup(fresh, |(dir, s, _)| {
+            (decode(&cold_frames, s.clone()), s, dir)
+        })
     });
     let rx_dir = tempfile::tempdir().unwrap();
     let rx = store(&rx_dir);
     assert_eq!(decode(&cold_frames, rx.clone()), SIZE);
-    g.bench_function("decode/warm_text", |b| b.iter(|| decode(&warm_frames, rx.clone())));
+    g.bench_function("decode/warm_text", |b| {
+        b.iter(|| decode(&warm_frames, rx.clone()))
+    });
     g.finish();
 }
 

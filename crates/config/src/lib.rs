@@ -214,6 +214,12 @@ pub struct Dedup {
     pub flush_delay: Duration,
     /// Unacknowledged bytes per flow direction.
     pub flow_window: u64,
+    /// Delta compression of near-duplicate chunks (routes may turn it off).
+    pub delta: bool,
+    /// Most base chunks one delta may use.
+    pub max_delta_bases: u8,
+    /// Memory bound of the resemblance-sketch index.
+    pub sketch_index_bytes: u64,
 }
 
 /// `[store]`.
@@ -230,6 +236,8 @@ pub struct Store {
 pub struct RoutePolicy {
     /// Send repeated chunks as references.
     pub dedup: bool,
+    /// Send near-duplicate chunks as deltas against similar chunks the peer holds.
+    pub delta: bool,
     /// zstd level for literals; `None` = compression off.
     pub compression: Option<i32>,
 }
@@ -390,6 +398,9 @@ struct RawDedup {
     max_chunk: Option<String>,
     flush_delay: Option<String>,
     flow_window: Option<String>,
+    delta: Option<bool>,
+    max_delta_bases: Option<i64>,
+    sketch_index_bytes: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -417,6 +428,7 @@ struct RawService {
     name: Option<String>,
     upstream: Option<String>,
     dedup: Option<bool>,
+    delta: Option<bool>,
     compression: Option<toml::Value>,
 }
 
@@ -450,6 +462,7 @@ struct RawForward {
     listen: Option<String>,
     service: Option<String>,
     dedup: Option<bool>,
+    delta: Option<bool>,
     compression: Option<toml::Value>,
 }
 
@@ -623,10 +636,12 @@ impl V {
         &mut self,
         path: &str,
         dedup: Option<bool>,
+        delta: Option<bool>,
         compression: &Option<toml::Value>,
     ) -> RoutePolicy {
         RoutePolicy {
             dedup: dedup.unwrap_or(true),
+            delta: delta.unwrap_or(true),
             compression: self.compression(&format!("{path}.compression"), compression),
         }
     }
@@ -961,6 +976,26 @@ fn validate(v: &mut V, raw: Raw) -> Config {
             Duration::from_secs(1),
         ),
         flow_window,
+        delta: d.delta.unwrap_or(true),
+        max_delta_bases: match d.max_delta_bases {
+            None => 2,
+            Some(n) if (1..=4).contains(&n) => n as u8,
+            Some(n) => {
+                v.bad(
+                    "dedup.max_delta_bases",
+                    n.to_string(),
+                    "must be between 1 and 4",
+                );
+                2
+            }
+        },
+        sketch_index_bytes: v.bytes(
+            "dedup.sketch_index_bytes",
+            &d.sketch_index_bytes,
+            64 << 20,
+            1 << 20,
+            16 << 30,
+        ),
     };
 
     let s = raw.store.unwrap_or_default();
@@ -1017,7 +1052,7 @@ fn validate(v: &mut V, raw: Raw) -> Config {
                 }
                 _ => v.host_port(&format!("{p}.upstream"), &s.upstream),
             };
-            let policy = v.policy(&p, s.dedup, &s.compression);
+            let policy = v.policy(&p, s.dedup, s.delta, &s.compression);
             services.push(Service {
                 name,
                 upstream,
@@ -1122,7 +1157,7 @@ fn validate(v: &mut V, raw: Raw) -> Config {
                     "two forwards listen on the same address",
                 );
             }
-            let policy = v.policy(&p, f.dedup, &f.compression);
+            let policy = v.policy(&p, f.dedup, f.delta, &f.compression);
             let kind = match f.kind.as_deref() {
                 None | Some("tcp") => ForwardKind::Tcp,
                 Some("http") => ForwardKind::Http,

@@ -99,6 +99,7 @@ impl Tunnels {
 struct Shared {
     upstreams: HashMap<String, strait_http::Upstream>,
     proxy_allow: Vec<(strait_classify::Glob, strait_classify::Glob)>,
+    deltas: Arc<strait_transport::deltas::Deltas>,
     classifier: Arc<strait_classify::Classifier>,
     classes: Arc<strait_classify::ClassStats>,
     cfg: Config,
@@ -164,7 +165,11 @@ impl Core {
                 )
             })
             .collect();
+        let deltas = strait_transport::deltas::Deltas::new(cfg.dedup.sketch_index_bytes);
+        let d2 = deltas.clone();
+        metrics.add_extra(move || d2.families());
         let shared = Arc::new(Shared {
+            deltas,
             upstreams,
             proxy_allow,
             classifier,
@@ -445,6 +450,7 @@ async fn serve_flow(
                 upstream: origin.clone(),
                 policy: strait_config::RoutePolicy {
                     dedup: true,
+                    delta: true,
                     compression: Some(strait_config::DEFAULT_COMPRESSION_LEVEL),
                 },
             }
@@ -552,12 +558,20 @@ async fn serve_flow(
                 tensor: true,
             },
             window: d.flow_window,
-            ..Default::default()
+            delta: strait_dedup::DeltaConfig {
+                enabled: d.delta && policy.delta,
+                max_bases: d.max_delta_bases,
+                index_bytes: d.sketch_index_bytes,
+            },
         },
         sh.hasher.clone(),
         sh.store.clone(),
         peer,
         tx_stats.clone(),
+    )
+    .with_delta(
+        sh.deltas.index.clone(),
+        sh.deltas.stats(&svc.name, Direction::Download),
     );
     let decoder = FlowDecoder::new(
         sh.hasher.clone(),
@@ -565,6 +579,10 @@ async fn serve_flow(
         peer,
         d.flow_window,
         rx_stats.clone(),
+    )
+    .with_delta(
+        Some(sh.deltas.index.clone()),
+        sh.deltas.stats(&svc.name, Direction::Upload),
     );
     let parts = FlowParts {
         encoder,

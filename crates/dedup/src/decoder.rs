@@ -1,5 +1,6 @@
 //! The receiving half: frames → verified client bytes, in order.
 
+use crate::delta::DeltaStats;
 use crate::{short, Error, ACK_EVERY, MAX_VERIFY_ATTEMPTS, NO_STORE_FLAG};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -8,8 +9,9 @@ use std::sync::Arc;
 use strait_admin::RouteStats;
 use strait_chunk::{ChunkHasher, ChunkId};
 use strait_codec::CodecId;
+use strait_sketch::{sketch, DeltaDecoder, SketchIndex};
 use strait_store::{PeerSlot, Store};
-use strait_wire::{Frame, WireId, MAX_CHUNK_LEN};
+use strait_wire::{ChunkRef, Frame, WireId, DELTA_ZSTD_PREFIX, MAX_CHUNK_LEN};
 
 enum Slot {
     Ready(Bytes),
@@ -30,6 +32,8 @@ pub struct FlowDecoder {
     last_ack: u64,
     ended: bool,
     stats: Arc<RouteStats>,
+    delta_stats: Arc<DeltaStats>,
+    index: Option<Arc<SketchIndex>>,
 }
 
 impl FlowDecoder {
@@ -57,7 +61,44 @@ impl FlowDecoder {
             last_ack: 0,
             ended: false,
             stats,
+            delta_stats: Arc::new(DeltaStats::default()),
+            index: None,
         }
+    }
+
+    /// Counts delta frames into `stats`; with `index`, also sketches every chunk received, so
+    /// the encoder of the opposite direction can use them as bases (the peer holds them).
+    /// Deltas are decoded without this call too.
+    pub fn with_delta(mut self, index: Option<Arc<SketchIndex>>, stats: Arc<DeltaStats>) -> Self {
+        self.index = index;
+        self.delta_stats = stats;
+        self
+    }
+
+    fn learn(&self, id: &WireId, data: &[u8]) {
+        if let Some(idx) = &self.index {
+            if let Some(sk) = sketch(data) {
+                idx.insert(id, sk);
+            }
+        }
+    }
+
+    /// The bases of a delta, concatenated in frame order, if this side holds every one of them
+    /// for the sending peer.
+    fn load_bases(&self, bases: &[ChunkRef]) -> Option<Vec<u8>> {
+        // Grown from what the store returns, never sized from the (hostile) frame's lengths.
+        let mut prefix = Vec::new();
+        for b in bases {
+            match self.store.get(&b.id, Some(self.peer)) {
+                Ok(Some(d)) if d.len() == b.len as usize => prefix.extend_from_slice(&d),
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "chunk store read failed");
+                    return None;
+                }
+            }
+        }
+        Some(prefix)
     }
 
     fn decode_verified(
@@ -139,6 +180,7 @@ impl FlowDecoder {
                             if let Err(e) = self.store.put(&id, &data, self.peer) {
                                 tracing::warn!(error = %e, "chunk store write failed");
                             }
+                            self.learn(&id, &data);
                         }
                         self.push_slot(Slot::Ready(data), len)?;
                     }
@@ -185,6 +227,69 @@ impl FlowDecoder {
                     }
                 }
             }
+            Frame::Delta {
+                id,
+                codec,
+                len,
+                bases,
+                payload,
+            } => {
+                if self.ended {
+                    return Err(Error::DataAfterEnd);
+                }
+                if codec != DELTA_ZSTD_PREFIX {
+                    return Err(Error::DeltaCodec {
+                        id: short(&id),
+                        codec,
+                    });
+                }
+                DeltaStats::add(&self.delta_stats.delta_chunks, 1);
+                let rebuilt = match self.load_bases(&bases) {
+                    None => {
+                        // A base this side lacks (evicted, wiped, or never given by this peer):
+                        // the whole chunk is a miss, supplied by the sender.
+                        self.stats.misses.fetch_add(1, Relaxed);
+                        DeltaStats::add(&self.delta_stats.base_misses, 1);
+                        None
+                    }
+                    Some(prefix) => {
+                        let mut out = Vec::new();
+                        match DeltaDecoder::new().decode(&prefix, &payload, len as usize, &mut out)
+                        {
+                            Ok(()) if self.hasher.verify(&ChunkId(id), &out) => Some(out),
+                            Ok(()) => {
+                                self.stats.verify_failures.fetch_add(1, Relaxed);
+                                None
+                            }
+                            Err(e) => {
+                                tracing::warn!(chunk = %short(&id), error = %e, "delta did not decode");
+                                self.stats.verify_failures.fetch_add(1, Relaxed);
+                                None
+                            }
+                        }
+                    }
+                };
+                match rebuilt {
+                    Some(data) => {
+                        if let Err(e) = self.store.put(&id, &data, self.peer) {
+                            tracing::warn!(error = %e, "chunk store write failed");
+                        }
+                        self.learn(&id, &data);
+                        self.push_slot(Slot::Ready(Bytes::from(data)), len)?;
+                    }
+                    None => {
+                        self.want(id, wants)?;
+                        self.push_slot(
+                            Slot::Waiting {
+                                id,
+                                len,
+                                store: true,
+                            },
+                            len,
+                        )?;
+                    }
+                }
+            }
             Frame::Supply {
                 id,
                 codec,
@@ -213,6 +318,11 @@ impl FlowDecoder {
                                     if *store && codec & NO_STORE_FLAG == 0 && !stored {
                                         if let Err(e) = self.store.put(&id, &data, self.peer) {
                                             tracing::warn!(error = %e, "chunk store write failed");
+                                        }
+                                        if let Some(idx) = &self.index {
+                                            if let Some(sk) = sketch(&data) {
+                                                idx.insert(&id, sk);
+                                            }
                                         }
                                         stored = true;
                                     }

@@ -18,11 +18,18 @@
 //! - A reference is sent only for a chunk whose store entry lists this peer (it was sent to or
 //!   received from this peer); the receiver expands a reference only from an entry listing the
 //!   sending peer. A hash is not a capability.
+//! - A delta's bases obey the same rule: the sender uses a base only if its store entry lists
+//!   this peer, and reads it with that peer's slot; the receiver reads bases only from entries
+//!   listing the sending peer. A missing base makes the chunk a miss (`Want` → `Supply` of the
+//!   whole chunk from the sender's unacknowledged queue); rebuilt bytes are verified like any
+//!   other chunk.
 
 mod decoder;
+pub mod delta;
 mod encoder;
 
 pub use decoder::FlowDecoder;
+pub use delta::{DeltaConfig, DeltaStats, SketchIndex};
 pub use encoder::{EncoderConfig, FlowEncoder};
 
 /// Codec byte flag: the sender will never reference this chunk, so the receiver need not store it.
@@ -81,6 +88,14 @@ pub enum Error {
         id: String,
         /// Codec error.
         source: strait_codec::Error,
+    },
+    /// A delta frame names a payload codec this side does not know.
+    #[error("chunk {id}: unknown delta codec {codec}")]
+    DeltaCodec {
+        /// Chunk id.
+        id: String,
+        /// The codec byte.
+        codec: u8,
     },
     /// A reference length disagrees with the chunk found.
     #[error("chunk length {len} exceeds limit {max}")]

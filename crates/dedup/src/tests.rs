@@ -55,10 +55,38 @@ fn transfer(
     dedup: bool,
     tx_stats: &Arc<RouteStats>,
     rx_stats: &Arc<RouteStats>,
-    mut tamper: impl FnMut(&mut Frame),
+    tamper: impl FnMut(&mut Frame),
 ) -> Result<Vec<u8>, Error> {
+    transfer_with(input, tx, rx, dedup, tx_stats, rx_stats, None, tamper).map(|(out, _)| out)
+}
+
+/// Delta wiring for [`transfer_with`]: the sender's index, its counters and the receiver's.
+struct DeltaSetup {
+    index: Arc<SketchIndex>,
+    tx: Arc<DeltaStats>,
+    rx: Arc<DeltaStats>,
+    hints: Vec<strait_chunk::ChunkId>,
+    peer_name: &'static str,
+}
+
+/// Like [`transfer`], optionally with delta compression; also returns the frame bytes the
+/// encoder produced (the WAN payload).
+#[allow(clippy::too_many_arguments)]
+fn transfer_with(
+    input: &[u8],
+    tx: &Side,
+    rx: &Side,
+    dedup: bool,
+    tx_stats: &Arc<RouteStats>,
+    rx_stats: &Arc<RouteStats>,
+    delta: Option<&DeltaSetup>,
+    mut tamper: impl FnMut(&mut Frame),
+) -> Result<(Vec<u8>, usize), Error> {
     let hasher = ChunkHasher::new(KEY);
-    let tx_peer = tx.store.peer_slot("rx").unwrap();
+    let tx_peer = tx
+        .store
+        .peer_slot(delta.map_or("rx", |d| d.peer_name))
+        .unwrap();
     let rx_peer = rx.store.peer_slot("tx").unwrap();
     let cfg = EncoderConfig {
         chunker: small_chunks(),
@@ -68,6 +96,7 @@ fn transfer(
             tensor: true,
         },
         window: 1 << 20,
+        delta: DeltaConfig::default(),
     };
     let mut enc = FlowEncoder::new(
         cfg,
@@ -77,12 +106,18 @@ fn transfer(
         tx_stats.clone(),
     );
     let mut dec = FlowDecoder::new(hasher, rx.store.clone(), rx_peer, 1 << 20, rx_stats.clone());
+    if let Some(d) = delta {
+        enc = enc.with_delta(d.index.clone(), d.tx.clone());
+        enc.add_base_hints(&d.hints);
+        dec = dec.with_delta(None, d.rx.clone());
+    }
     let mut out = Vec::new();
     let mut wire = BytesMut::new();
     for piece in input.chunks(3000) {
         enc.push(piece, &mut wire);
     }
     enc.finish(&mut wire);
+    let mut wan = wire.len();
     let mut fd = FrameDecoder::new();
     let mut rounds = 0;
     while !wire.is_empty() {
@@ -103,11 +138,12 @@ fn transfer(
         }
         if !wants.is_empty() {
             enc.on_want(&wants, &mut wire)?;
+            wan += wire.len();
         }
     }
     assert!(dec.is_done(), "decoder not done");
     assert!(enc.all_acked(), "encoder has unacked items");
-    Ok(out)
+    Ok((out, wan))
 }
 
 #[test]
@@ -292,6 +328,7 @@ fn unrequested_supply_and_unknown_want_are_protocol_errors() {
             tensor: false,
         },
         window: 1 << 20,
+        delta: DeltaConfig::default(),
     };
     let mut enc = FlowEncoder::new(
         cfg,
@@ -327,5 +364,171 @@ proptest! {
         }
         let out = transfer(&input, &tx, &rx, dedup, &Arc::new(RouteStats::default()), &Arc::new(RouteStats::default()), |_| {}).unwrap();
         prop_assert_eq!(out, input);
+    }
+}
+
+/// `data` with `edits` scattered small edits (byte flips, and a few 1-byte insertions and
+/// deletions), like a dataset's next version.
+fn edited(seed: u64, data: &[u8], edits: usize) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut v = data.to_vec();
+    for i in 0..edits {
+        let at = rng.gen_range(0..v.len());
+        match i % 8 {
+            0 => v.insert(at, rng.gen()),
+            1 => {
+                v.remove(at);
+            }
+            _ => v[at] ^= 1 + rng.gen::<u8>() % 255,
+        }
+    }
+    v
+}
+
+fn delta_setup(peer_name: &'static str) -> DeltaSetup {
+    DeltaSetup {
+        index: Arc::new(SketchIndex::new(1 << 20)),
+        tx: Arc::new(DeltaStats::default()),
+        rx: Arc::new(DeltaStats::default()),
+        hints: Vec::new(),
+        peer_name,
+    }
+}
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn rs() -> Arc<RouteStats> {
+    Arc::new(RouteStats::default())
+}
+
+#[test]
+fn near_duplicate_version_crosses_as_deltas_byte_exact() {
+    let v1 = data(20, 600_000);
+    let v2 = edited(21, &v1, 150);
+    // Without delta: the edited chunks cross as literals.
+    let (tx, rx) = (side(), side());
+    transfer(&v1, &tx, &rx, true, &rs(), &rs(), |_| {}).unwrap();
+    let (out, plain_wan) = transfer_with(&v2, &tx, &rx, true, &rs(), &rs(), None, |_| {}).unwrap();
+    assert_eq!(out, v2);
+    // With delta, from the same starting state.
+    let (tx, rx) = (side(), side());
+    let d = delta_setup("rx");
+    transfer_with(&v1, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+    let ts = rs();
+    let (out, delta_wan) =
+        transfer_with(&v2, &tx, &rx, true, &ts, &rs(), Some(&d), |_| {}).unwrap();
+    assert_eq!(out, v2);
+    let sent = load(&d.tx.delta_chunks);
+    assert!(sent > 10, "only {sent} deltas");
+    assert_eq!(load(&d.rx.delta_chunks), sent);
+    assert_eq!(load(&d.rx.base_misses), 0);
+    assert!(load(&d.tx.delta_saved_bytes) > 0);
+    assert!(
+        delta_wan * 3 < plain_wan,
+        "delta {delta_wan} vs plain {plain_wan} WAN bytes"
+    );
+}
+
+#[test]
+fn delta_with_a_missing_base_is_recovered_through_the_miss_path() {
+    let (tx, rx) = (side(), side());
+    let d = delta_setup("rx");
+    let v1 = data(22, 300_000);
+    transfer_with(&v1, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+    // The receiver loses its store; the sender still believes it holds v1's chunks.
+    let fresh = side();
+    let v2 = edited(23, &v1, 60);
+    let r = rs();
+    let (out, _) = transfer_with(&v2, &tx, &fresh, true, &rs(), &r, Some(&d), |_| {}).unwrap();
+    assert_eq!(out, v2);
+    assert!(load(&d.tx.delta_chunks) > 0);
+    assert_eq!(load(&d.rx.base_misses), load(&d.rx.delta_chunks));
+    assert!(load(&r.misses) >= load(&d.rx.base_misses));
+}
+
+#[test]
+fn a_base_only_another_peer_holds_is_never_used() {
+    let (tx, rx) = (side(), side());
+    let d = delta_setup("other-edge");
+    let v1 = data(24, 300_000);
+    // v1 went to another edge: the sender's entries list that edge only.
+    transfer_with(&v1, &tx, &side(), true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+    assert!(d.index.stats().entries > 0);
+    // Same index and store, but this flow is to "rx".
+    let d2 = DeltaSetup {
+        index: d.index.clone(),
+        tx: Arc::new(DeltaStats::default()),
+        rx: Arc::new(DeltaStats::default()),
+        hints: (0..4).map(|_| strait_chunk::ChunkId([0; 32])).collect(),
+        peer_name: "rx",
+    };
+    let v2 = edited(25, &v1, 60);
+    let (out, _) = transfer_with(&v2, &tx, &rx, true, &rs(), &rs(), Some(&d2), |_| {}).unwrap();
+    assert_eq!(out, v2);
+    assert_eq!(load(&d2.tx.delta_chunks), 0);
+    assert_eq!(load(&d2.tx.attempts), 0);
+}
+
+#[test]
+fn base_hints_find_bases_the_index_no_longer_has() {
+    let (tx, rx) = (side(), side());
+    let v1 = data(26, 300_000);
+    // v1 crossed without a sketch index (e.g. before a restart).
+    transfer(&v1, &tx, &rx, true, &rs(), &rs(), |_| {}).unwrap();
+    let hasher = ChunkHasher::new(KEY);
+    let hints: Vec<_> = strait_chunk::chunk_boundaries(small_chunks(), &v1)
+        .into_iter()
+        .map(|r| hasher.id(&v1[r]))
+        .collect();
+    let mut d = delta_setup("rx");
+    d.hints = hints;
+    let v2 = edited(27, &v1, 60);
+    let (out, _) = transfer_with(&v2, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+    assert_eq!(out, v2);
+    assert!(load(&d.tx.delta_chunks) > 5, "{}", load(&d.tx.delta_chunks));
+}
+
+#[test]
+fn corrupted_delta_is_re_requested_never_delivered() {
+    let (tx, rx) = (side(), side());
+    let d = delta_setup("rx");
+    let v1 = data(28, 200_000);
+    transfer_with(&v1, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+    let v2 = edited(29, &v1, 40);
+    let r = rs();
+    let mut flipped = 0;
+    let (out, _) = transfer_with(&v2, &tx, &rx, true, &rs(), &r, Some(&d), |f| {
+        if let Frame::Delta { payload, .. } = f {
+            if flipped < 2 {
+                let mut p = payload.to_vec();
+                let last = p.len() - 1;
+                p[last] ^= 0x40;
+                *payload = p.into();
+                flipped += 1;
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(out, v2);
+    assert!(flipped > 0);
+    assert_eq!(load(&r.verify_failures), flipped);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+    /// Random chunks, random edits, random receiver state (kept or wiped): delta transfers
+    /// always deliver exactly the input.
+    #[test]
+    fn delta_roundtrip_is_byte_exact_for_random_edits(seed in any::<u64>(), len in 1usize..150_000, edits in 0usize..80, wipe in any::<bool>()) {
+        let (tx, rx) = (side(), side());
+        let d = delta_setup("rx");
+        let v1 = data(seed, len);
+        transfer_with(&v1, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+        let rx = if wipe { side() } else { rx };
+        let v2 = edited(seed ^ 0x77, &v1, edits);
+        let (out, _) = transfer_with(&v2, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+        prop_assert_eq!(out, v2);
     }
 }

@@ -71,6 +71,7 @@ pub enum OpenError {
 }
 
 struct Shared {
+    deltas: Arc<strait_transport::deltas::Deltas>,
     classifier: Arc<strait_classify::Classifier>,
     classes: Arc<strait_classify::ClassStats>,
     http: Arc<strait_http::HttpStats>,
@@ -175,7 +176,11 @@ impl Edge {
         metrics.add_extra(move || strait_transport::classes::class_families(&c2));
         let h2 = http.clone();
         metrics.add_extra(move || h2.metric_families());
+        let deltas = strait_transport::deltas::Deltas::new(cfg.dedup.sketch_index_bytes);
+        let d2 = deltas.clone();
+        metrics.add_extra(move || d2.families());
         let shared = Arc::new(Shared {
+            deltas,
             classifier,
             classes,
             http,
@@ -244,6 +249,7 @@ impl Edge {
                 route: p.name.clone(),
                 policy: RoutePolicy {
                     dedup: true,
+                    delta: true,
                     compression: Some(strait_config::DEFAULT_COMPRESSION_LEVEL),
                 },
             });
@@ -553,12 +559,20 @@ async fn open_flow(
                 tensor: true,
             },
             window: d.flow_window,
-            ..Default::default()
+            delta: strait_dedup::DeltaConfig {
+                enabled: d.delta && policy.delta,
+                max_bases: d.max_delta_bases,
+                index_bytes: d.sketch_index_bytes,
+            },
         },
         sh.hasher.clone(),
         sh.store.clone(),
         sh.peer,
         tx_stats.clone(),
+    )
+    .with_delta(
+        sh.deltas.index.clone(),
+        sh.deltas.stats(route, Direction::Upload),
     );
     let decoder = FlowDecoder::new(
         sh.hasher.clone(),
@@ -566,6 +580,10 @@ async fn open_flow(
         sh.peer,
         d.flow_window,
         rx_stats.clone(),
+    )
+    .with_delta(
+        Some(sh.deltas.index.clone()),
+        sh.deltas.stats(route, Direction::Download),
     );
     let parts = FlowParts {
         encoder,

@@ -60,6 +60,7 @@ pub fn effective_policy(route: RoutePolicy, verdict: &Verdict) -> RoutePolicy {
     if verdict.rule.is_some() {
         RoutePolicy {
             dedup: verdict.dedup,
+            delta: route.delta && verdict.dedup,
             compression: verdict.compression,
         }
     } else {

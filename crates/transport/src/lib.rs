@@ -7,6 +7,7 @@
 
 pub mod certs;
 pub mod classes;
+pub mod deltas;
 pub mod endpoint;
 pub mod flow;
 pub mod tls;

@@ -9,7 +9,7 @@
 //!   |<------------------------------ HelloOk | Refuse   |
 //!   |  one bi stream per TCP flow:   Open{service} ---->|  core checks its service table
 //!   |<------------------------------ OpenOk | Refuse    |
-//!   |  data direction:  Literal / Refs / End ---------->|  each chunk verified by id
+//!   |  data direction:  Literal / Refs / Delta / End -->|  each chunk verified by id
 //!   |<----------------  Want / Ack  (control for it)    |
 //!   |  (and the same, mirrored, core -> edge)           |
 //! ```
@@ -34,6 +34,10 @@ pub const MAX_FRAME_LEN: usize = MAX_CHUNK_LEN + 64;
 pub const MAX_REFS_PER_FRAME: usize = 4096;
 /// Longest service/route/peer name or reason text.
 pub const MAX_NAME_LEN: usize = 1024;
+/// Most base chunks one [`Frame::Delta`] may name.
+pub const MAX_DELTA_BASES: usize = 4;
+/// Delta payload codec: one zstd frame with the bases, concatenated in frame order, as prefix.
+pub const DELTA_ZSTD_PREFIX: u8 = 1;
 /// Length of a chunk id (keyed BLAKE3).
 pub const ID_LEN: usize = 32;
 
@@ -153,6 +157,21 @@ pub enum Frame {
         /// Encoded bytes.
         payload: Bytes,
     },
+    /// A chunk coded against base chunks the sender knows the receiver holds (a near-duplicate
+    /// of them). Part of the ordered data, like a literal; the receiver rebuilds it from its
+    /// stored bases and verifies it against `id`. A base it lacks makes the chunk a miss.
+    Delta {
+        /// Chunk id the receiver verifies the rebuilt bytes against.
+        id: WireId,
+        /// Payload codec ([`DELTA_ZSTD_PREFIX`]).
+        codec: CodecByte,
+        /// Decoded length.
+        len: u32,
+        /// Base chunks, in prefix order (1..=[`MAX_DELTA_BASES`]).
+        bases: Vec<ChunkRef>,
+        /// Encoded bytes.
+        payload: Bytes,
+    },
     /// The sender's data direction is finished (TCP half-close).
     End,
     /// The receiver lacks these chunks (miss or failed verification): please supply them.
@@ -172,6 +191,7 @@ const T_LITERAL: u8 = 0x10;
 const T_REFS: u8 = 0x11;
 const T_SUPPLY: u8 = 0x12;
 const T_END: u8 = 0x13;
+const T_DELTA: u8 = 0x14;
 const T_WANT: u8 = 0x20;
 const T_ACK: u8 = 0x21;
 const T_PING: u8 = 0x22;
@@ -301,6 +321,17 @@ impl<'a> Reader<'a> {
     }
 }
 
+fn put_delta_fields(out: &mut BytesMut, id: &WireId, codec: u8, len: u32, bases: &[ChunkRef]) {
+    out.put_slice(id);
+    out.put_u8(codec);
+    out.put_u32(len);
+    out.put_u8(bases.len() as u8);
+    for b in bases {
+        out.put_slice(&b.id);
+        out.put_u32(b.len);
+    }
+}
+
 fn put_string(out: &mut BytesMut, s: &str) {
     // Callers never produce names over MAX_NAME_LEN (config validation caps them); truncate
     // defensively on a char boundary rather than emit a frame the peer must reject.
@@ -374,6 +405,17 @@ impl Frame {
                 }
                 T_REFS
             }
+            Frame::Delta {
+                id,
+                codec,
+                len,
+                bases,
+                payload,
+            } => {
+                put_delta_fields(out, id, *codec, *len, bases);
+                out.put_slice(payload);
+                T_DELTA
+            }
             Frame::End => T_END,
             Frame::Want(ids) => {
                 out.put_u16(ids.len() as u16);
@@ -418,6 +460,29 @@ impl Frame {
         out.put_u8(codec);
         out.put_u32(len);
         out.put_slice(payload);
+    }
+
+    /// Appends a `Delta` frame without first copying the payload into a `Bytes`. Encodes exactly
+    /// what `Frame::encode` would. `bases` must hold 1..=[`MAX_DELTA_BASES`] entries.
+    pub fn encode_delta(
+        out: &mut BytesMut,
+        id: &WireId,
+        codec: CodecByte,
+        len: u32,
+        bases: &[ChunkRef],
+        payload: &[u8],
+    ) {
+        let body = ID_LEN + 1 + 4 + 1 + bases.len() * (ID_LEN + 4) + payload.len();
+        out.reserve(FRAME_HEADER_LEN + body);
+        out.put_u8(T_DELTA);
+        out.put_u32(body as u32);
+        put_delta_fields(out, id, codec, len, bases);
+        out.put_slice(payload);
+    }
+
+    /// Bytes a delta frame adds around its payload.
+    pub fn delta_overhead(bases: usize) -> usize {
+        FRAME_HEADER_LEN + ID_LEN + 1 + 4 + 1 + bases * (ID_LEN + 4)
     }
 
     /// Decodes one frame body of type `ty`. The body must be complete; trailing bytes are an error.
@@ -511,6 +576,55 @@ impl Frame {
                     refs.push(ChunkRef { id, len });
                 }
                 Frame::Refs(refs)
+            }
+            T_DELTA => {
+                let id = r.id()?;
+                let codec = r.u8()?;
+                let len = r.u32()?;
+                if len as usize > MAX_CHUNK_LEN {
+                    return Err(Error::OverLimit {
+                        what: "chunk length",
+                        value: len as usize,
+                        max: MAX_CHUNK_LEN,
+                    });
+                }
+                let n = r.u8()? as usize;
+                if n == 0 || n > MAX_DELTA_BASES {
+                    return Err(Error::OverLimit {
+                        what: "delta base count (must be at least 1)",
+                        value: n,
+                        max: MAX_DELTA_BASES,
+                    });
+                }
+                let mut bases = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = r.id()?;
+                    let len = r.u32()?;
+                    if len as usize > MAX_CHUNK_LEN {
+                        return Err(Error::OverLimit {
+                            what: "base chunk length",
+                            value: len as usize,
+                            max: MAX_CHUNK_LEN,
+                        });
+                    }
+                    bases.push(ChunkRef { id, len });
+                }
+                let start = r.pos;
+                let payload_len = r.rest().len();
+                if payload_len > MAX_CHUNK_LEN {
+                    return Err(Error::OverLimit {
+                        what: "delta payload length",
+                        value: payload_len,
+                        max: MAX_CHUNK_LEN,
+                    });
+                }
+                Frame::Delta {
+                    id,
+                    codec,
+                    len,
+                    bases,
+                    payload: body.slice(start..),
+                }
             }
             T_END => Frame::End,
             T_WANT => {

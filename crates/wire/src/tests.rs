@@ -59,6 +59,23 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 .map(|(id, len)| ChunkRef { id, len })
                 .collect()
         )),
+        (
+            id,
+            any::<u8>(),
+            0u32..1_000_000,
+            prop::collection::vec((id, 0u32..1_000_000), 1..=MAX_DELTA_BASES),
+            prop::collection::vec(any::<u8>(), 0..2000)
+        )
+            .prop_map(|(id, codec, len, b, p)| Frame::Delta {
+                id,
+                codec,
+                len,
+                bases: b
+                    .into_iter()
+                    .map(|(id, len)| ChunkRef { id, len })
+                    .collect(),
+                payload: Bytes::from(p)
+            }),
         Just(Frame::End),
         prop::collection::vec(id, 0..50).prop_map(Frame::Want),
         any::<u64>().prop_map(Frame::Ack),
@@ -187,4 +204,75 @@ fn encode_chunk_matches_frame_encoding() {
         Frame::encode_chunk(&mut b, supply, &[9; 32], 2, 99, &payload);
         assert_eq!(a, b);
     }
+}
+
+#[test]
+fn encode_delta_matches_frame_encoding() {
+    let bases = vec![
+        ChunkRef {
+            id: [1; 32],
+            len: 10,
+        },
+        ChunkRef {
+            id: [2; 32],
+            len: 20,
+        },
+    ];
+    let f = Frame::Delta {
+        id: [9; 32],
+        codec: DELTA_ZSTD_PREFIX,
+        len: 99,
+        bases: bases.clone(),
+        payload: Bytes::from_static(b"delta bytes"),
+    };
+    let mut a = BytesMut::new();
+    f.encode(&mut a);
+    let mut b = BytesMut::new();
+    Frame::encode_delta(
+        &mut b,
+        &[9; 32],
+        DELTA_ZSTD_PREFIX,
+        99,
+        &bases,
+        b"delta bytes",
+    );
+    assert_eq!(a, b);
+    assert_eq!(a.len(), Frame::delta_overhead(2) + 11);
+}
+
+#[test]
+fn delta_with_zero_or_too_many_bases_is_rejected() {
+    for n in [0usize, MAX_DELTA_BASES + 1] {
+        let mut body = vec![0u8; 32];
+        body.push(DELTA_ZSTD_PREFIX);
+        body.extend_from_slice(&100u32.to_be_bytes());
+        body.push(n as u8);
+        for _ in 0..n {
+            body.extend_from_slice(&[3u8; 32]);
+            body.extend_from_slice(&5u32.to_be_bytes());
+        }
+        let err = Frame::decode_body(0x14, Bytes::from(body)).unwrap_err();
+        assert!(
+            matches!(err, Error::OverLimit { value, .. } if value == n),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn delta_with_oversized_base_length_is_rejected() {
+    let mut body = vec![0u8; 32];
+    body.push(DELTA_ZSTD_PREFIX);
+    body.extend_from_slice(&100u32.to_be_bytes());
+    body.push(1);
+    body.extend_from_slice(&[3u8; 32]);
+    body.extend_from_slice(&(MAX_CHUNK_LEN as u32 + 1).to_be_bytes());
+    let err = Frame::decode_body(0x14, Bytes::from(body)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "base chunk length {} exceeds limit {MAX_CHUNK_LEN}",
+            MAX_CHUNK_LEN + 1
+        )
+    );
 }

@@ -1,0 +1,86 @@
+//! Delta-compression counters per route and direction, and their metric families.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use strait_admin::{Direction, ExtraFamily};
+use strait_dedup::{DeltaStats, SketchIndex};
+
+/// One process's delta counters and its sketch index.
+pub struct Deltas {
+    /// The sketch index shared by every flow.
+    pub index: Arc<SketchIndex>,
+    stats: Mutex<BTreeMap<(String, Direction), Arc<DeltaStats>>>,
+}
+
+impl Deltas {
+    /// A registry with an index bounded to `index_bytes`.
+    pub fn new(index_bytes: u64) -> Arc<Deltas> {
+        Arc::new(Deltas {
+            index: Arc::new(SketchIndex::new(index_bytes)),
+            stats: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Counters of `route` in `direction`.
+    pub fn stats(&self, route: &str, direction: Direction) -> Arc<DeltaStats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route.to_string(), direction))
+            .or_default()
+            .clone()
+    }
+
+    /// `strait_delta_*` families.
+    pub fn families(&self) -> Vec<ExtraFamily> {
+        let m = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let fam = |name: &str, help: &str, f: &dyn Fn(&DeltaStats) -> u64| ExtraFamily {
+            name: name.to_string(),
+            help: help.to_string(),
+            kind: "counter",
+            samples: m
+                .iter()
+                .map(|((r, d), s)| {
+                    (
+                        vec![
+                            ("route".to_string(), r.clone()),
+                            ("direction".to_string(), d.as_str().to_string()),
+                        ],
+                        f(s) as f64,
+                    )
+                })
+                .collect(),
+        };
+        let idx = self.index.stats();
+        vec![
+            fam(
+                "delta_chunks_total",
+                "Chunks carried as deltas against similar chunks.",
+                &|s| s.delta_chunks.load(Relaxed),
+            ),
+            fam(
+                "delta_saved_bytes_total",
+                "Bytes saved by deltas beyond compressed literals.",
+                &|s| s.delta_saved_bytes.load(Relaxed),
+            ),
+            fam(
+                "delta_base_misses_total",
+                "Deltas whose base the receiver lacked.",
+                &|s| s.base_misses.load(Relaxed),
+            ),
+            ExtraFamily {
+                name: "sketch_index_entries".into(),
+                help: "Chunks in the resemblance-sketch index.".into(),
+                kind: "gauge",
+                samples: vec![(Vec::new(), idx.entries as f64)],
+            },
+            ExtraFamily {
+                name: "sketch_index_bytes".into(),
+                help: "Memory of the resemblance-sketch index.".into(),
+                kind: "gauge",
+                samples: vec![(Vec::new(), idx.bytes as f64)],
+            },
+        ]
+    }
+}
