@@ -133,7 +133,7 @@ const BROKEN: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "core",
-        "keep_alive = \"5s\"",
+        "keep_alive = \"2s\"",
         "keep_alive = \"60s\"",
         "tunnel.keep_alive",
     ),

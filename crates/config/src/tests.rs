@@ -139,23 +139,21 @@ fn policy_errors_name_their_field() {
     let t = format!("{EDGE}\n[[rule]]\nclass = \"nonexistent\"\nhost = \"*.example.com\"\n");
     let p = problems(&t);
     assert_eq!(p.len(), 1, "{p:?}");
-    assert_eq!(p[0].path, "rule[0].class");
+    // The example config already has one rule; the broken one is the second.
+    assert_eq!(p[0].path, "rule[1].class");
     assert_eq!(p[0].value, "nonexistent");
 }
 
 #[test]
 fn http_forwards_and_proxies_parse() {
-    let t = EDGE.replace(
-        "service = \"origin\"\n",
-        "service = \"origin\"\nkind = \"http\"\n",
-    ) + "\n[[edge.proxy]]\nlisten = \"127.0.0.1:3128\"\n";
+    let t = EDGE.replace("kind = \"tcp\"", "kind = \"http\"")
+        + "\n[[edge.proxy]]\nname = \"proxy2\"\nlisten = \"127.0.0.1:3129\"\n";
     let c = parse(&t, Path::new("e"), false).unwrap();
     let e = c.edge.unwrap();
     assert_eq!(e.forwards[0].kind, ForwardKind::Http);
     assert_eq!(e.proxies[0].listen.to_string(), "127.0.0.1:3128");
-    let bad = EDGE.replace(
-        "service = \"origin\"\n",
-        "service = \"origin\"\nkind = \"ftp\"\n",
-    );
+    assert_eq!(e.proxies[1].listen.to_string(), "127.0.0.1:3129");
+    assert_eq!(e.proxies[1].listen.to_string(), "127.0.0.1:3129");
+    let bad = EDGE.replace("kind = \"tcp\"", "kind = \"ftp\"");
     assert_eq!(problems(&bad)[0].path, "edge.forward[0].kind");
 }

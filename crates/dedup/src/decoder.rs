@@ -106,13 +106,20 @@ impl FlowDecoder {
         id: &WireId,
         codec: u8,
         len: u32,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<Option<Bytes>, Error> {
         let codec_id =
             CodecId::try_from(codec & !NO_STORE_FLAG).map_err(|source| Error::Codec {
                 id: short(id),
                 source,
             })?;
+        if codec_id == CodecId::Raw {
+            // Raw chunks are delivered from the frame's own buffer: no copy.
+            if payload.len() != len as usize || !self.hasher.verify(&ChunkId(*id), payload) {
+                return Ok(None);
+            }
+            return Ok(Some(payload.clone()));
+        }
         let mut out = Vec::with_capacity(len as usize);
         if let Err(e) = self.codec.decode(codec_id, payload, len as usize, &mut out) {
             // A payload that does not decode is treated like a corrupt chunk: ask again.
