@@ -16,6 +16,8 @@
 pub mod admin;
 #[path = "support/bin.rs"]
 pub mod bin;
+#[path = "support/ingress.rs"]
+pub mod ingress;
 #[path = "support/origin.rs"]
 pub mod origin;
 #[path = "support/pair.rs"]

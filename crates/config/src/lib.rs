@@ -41,9 +41,9 @@ pub const DEFAULT_STORE_MAX_BYTES: u64 = 4 << 30;
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 /// How long shutdown waits for open flows to finish.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest UDP payload path-MTU discovery probes for: a 9000-byte jumbo frame minus IPv6 + UDP
-/// headers. On a 1500-byte path the probes are simply lost and QUIC stays at 1452.
-pub const DEFAULT_MAX_MTU: u16 = 8952;
+/// Largest UDP payload path-MTU discovery probes for: a 1500-byte path by default; raise it
+/// (up to 8952 for 9000-byte jumbo frames) where the path carries more.
+pub const DEFAULT_MAX_MTU: u16 = 1452;
 /// Longest name of a service, forward or route.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -1028,11 +1028,11 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         let listen = v.socket_addr("core.listen", &c.listen, None);
         let mut names = HashSet::new();
         let mut services = Vec::new();
-        if c.service.is_empty() {
+        if c.service.is_empty() && c.proxy_allow.is_empty() {
             v.bad(
                 "core.service",
                 "",
-                "missing: declare at least one [[core.service]]",
+                "missing: declare at least one [[core.service]] (or core.proxy_allow for edge proxies)",
             );
         }
         for (i, s) in c.service.iter().enumerate() {

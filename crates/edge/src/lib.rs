@@ -697,6 +697,34 @@ impl strait_http::Connector for TunnelConnector {
             let mut f = open_flow(&sh, &service, &route, policy, &verdict)
                 .await
                 .map_err(std::io::Error::other)?;
+            // Wait for the core's answer before handing out the stream, so a refusal (origin
+            // not allowed, unknown service, upstream down) becomes an HTTP error for the client
+            // instead of a "200 Connection established" followed by EOF.
+            let mut fd = FrameDecoder::new();
+            match flow::read_frame(&mut f.recv, &mut fd, Some(&f.parts.rx_stats)).await {
+                Ok(Some(Frame::OpenOk)) => {
+                    f.parts.expect_open_ok = false;
+                    f.parts.prefix = fd;
+                }
+                Ok(Some(Frame::Refuse { code, reason })) => {
+                    sh.metrics.refused_flows.fetch_add(1, Relaxed);
+                    tracing::warn!(%route, %service, ?code, %reason, "core refused the flow");
+                    let kind = match code {
+                        strait_wire::RefuseCode::Denied => std::io::ErrorKind::PermissionDenied,
+                        _ => std::io::ErrorKind::ConnectionRefused,
+                    };
+                    return Err(std::io::Error::new(
+                        kind,
+                        format!("core refused {service:?}: {reason}"),
+                    ));
+                }
+                Ok(_) => {
+                    return Err(std::io::Error::other(
+                        "core answered the flow with neither OpenOk nor Refuse",
+                    ))
+                }
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            }
             let (near, far) = tokio::io::duplex(HTTP_PIPE_BUF);
             let sh2 = sh.clone();
             sh.flows.spawn(

@@ -101,8 +101,14 @@ fn make_endpoint(
     fec_stats: Arc<FecStats>,
 ) -> Result<quinn::Endpoint, Error> {
     let mode = fec_mode(tunnel.fec);
+    // Accept (and advertise) datagrams as large as path-MTU discovery may grow to; quinn's
+    // default caps them at 1472 bytes.
+    let mut ep_cfg = quinn::EndpointConfig::default();
+    ep_cfg
+        .max_udp_payload_size(tunnel.max_mtu.max(tunnel.initial_mtu))
+        .map_err(|e| Error::Tls(format!("tunnel.max_mtu: {e}")))?;
     if mode == FecMode::Off {
-        return quinn::Endpoint::new(quinn::EndpointConfig::default(), server, sock, runtime())
+        return quinn::Endpoint::new(ep_cfg, server, sock, runtime())
             .map_err(io_err("starting QUIC endpoint"));
     }
     let cfg = FecConfig::new(mode);
@@ -110,13 +116,8 @@ fn make_endpoint(
         .map_err(|e| Error::Tls(format!("tunnel.fec: {e}")))?;
     let wrapped = strait_fec::wrap_socket(sock, cfg, fec_stats)
         .map_err(io_err("wrapping UDP socket with FEC"))?;
-    quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        server,
-        wrapped,
-        runtime(),
-    )
-    .map_err(io_err("starting QUIC endpoint"))
+    quinn::Endpoint::new_with_abstract_socket(ep_cfg, server, wrapped, runtime())
+        .map_err(io_err("starting QUIC endpoint"))
 }
 
 /// The core's endpoint: listens on `listen`, requires client certificates from the CA.
