@@ -124,9 +124,11 @@ impl<'de> serde::Deserialize<'de> for FecMode {
                         "repair" => repair = Some(map.next_value::<u64>()?),
                         "target" => target = Some(map.next_value::<f64>()?),
                         "max_ratio" => ratio = Some(map.next_value::<f64>()?),
-                        other => return Err(de::Error::custom(format!(
+                        other => {
+                            return Err(de::Error::custom(format!(
                             "fec.{other}: unknown key (expected data, repair, target, max_ratio)"
-                        ))),
+                        )))
+                        }
                     }
                 }
                 let mode = match (data, repair, target, ratio) {
