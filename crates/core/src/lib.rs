@@ -563,6 +563,7 @@ async fn serve_flow(
                 max_bases: d.max_delta_bases,
                 index_bytes: d.sketch_index_bytes,
             },
+            format_cuts: true,
         },
         sh.hasher.clone(),
         sh.store.clone(),

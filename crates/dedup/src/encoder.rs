@@ -26,6 +26,9 @@ pub struct EncoderConfig {
     pub window: u64,
     /// Delta compression of near-duplicate chunks.
     pub delta: DeltaConfig,
+    /// Also cut chunks at record boundaries of recognised formats (safetensors tensors, tar
+    /// members), which keeps unchanged records deduplicable across versions.
+    pub format_cuts: bool,
 }
 
 impl Default for EncoderConfig {
@@ -36,6 +39,7 @@ impl Default for EncoderConfig {
             compress: CompressConfig::default(),
             window: 64 * 1024 * 1024,
             delta: DeltaConfig::default(),
+            format_cuts: true,
         }
     }
 }
@@ -61,6 +65,8 @@ struct Delta {
 pub struct FlowEncoder {
     cfg: EncoderConfig,
     chunker: Chunker,
+    cuts: Option<strait_classify::cuts::FormatCuts>,
+    pos: u64,
     hasher: ChunkHasher,
     store: Arc<Store>,
     peer: PeerSlot,
@@ -88,6 +94,8 @@ impl FlowEncoder {
     ) -> Self {
         FlowEncoder {
             chunker: Chunker::new(cfg.chunker),
+            cuts: cfg.format_cuts.then(strait_classify::cuts::FormatCuts::new),
+            pos: 0,
             codec: strait_codec::Encoder::new(cfg.compress),
             cfg,
             hasher,
@@ -165,8 +173,21 @@ impl FlowEncoder {
 
     /// Consumes client bytes, appending frames for every completed chunk to `out`.
     pub fn push(&mut self, mut data: &[u8], out: &mut BytesMut) {
+        if let Some(c) = self.cuts.as_mut() {
+            c.observe(data);
+        }
         while !data.is_empty() {
-            match self.chunker.next_boundary(data) {
+            // A record boundary of the stream's format (a tensor, a tar member) inside this data?
+            let pos = self.pos;
+            let to_cut = self
+                .cuts
+                .as_mut()
+                .and_then(|c| c.next_cut_after(pos))
+                .map(|c| c - pos)
+                .filter(|d| *d <= data.len() as u64)
+                .map(|d| d as usize);
+            let slice = &data[..to_cut.unwrap_or(data.len())];
+            match self.chunker.next_boundary(slice) {
                 Some(n) => {
                     let chunk = if self.partial.is_empty() {
                         Bytes::copy_from_slice(&data[..n])
@@ -176,10 +197,21 @@ impl FlowEncoder {
                     };
                     self.emit_chunk(chunk, out);
                     data = &data[n..];
+                    self.pos += n as u64;
                 }
                 None => {
-                    self.partial.extend_from_slice(data);
-                    break;
+                    self.partial.extend_from_slice(slice);
+                    data = &data[slice.len()..];
+                    self.pos += slice.len() as u64;
+                    if to_cut.is_some() {
+                        // Cut at the record boundary and restart content-defined cuts there, so
+                        // an unchanged record keeps its chunks whatever its neighbours did.
+                        self.chunker.reset();
+                        if !self.partial.is_empty() {
+                            let chunk = Bytes::from(std::mem::take(&mut self.partial));
+                            self.emit_chunk(chunk, out);
+                        }
+                    }
                 }
             }
         }
