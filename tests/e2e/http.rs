@@ -4,7 +4,8 @@
 //! http.server`, a TLS server for `https://` upstreams). Contents are verified by hash and the
 //! second download of the same object must cross mostly by reference (route counters). Policy:
 //! shadow AI denied with a 403 naming the host, a denied TCP class resets the client, CONNECT
-//! bytes counted. Priority: interactive vs bulk on a slow emulated link (root only).
+//! bytes counted. Priority: an interactive response overtakes a bulk download on a slow emulated
+//! link (root only).
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
@@ -845,56 +846,72 @@ fn policy_denies_shadow_ai_with_403_and_resets_a_denied_tcp_class_before_the_cor
     p.stop().unwrap();
 }
 
-/// Round-trip latencies (seconds) of small echo exchanges while a bulk download saturates the
-/// link, plus idle ones before it, and the bulk bytes received meanwhile.
-struct PriorityRun {
-    idle: Vec<f64>,
-    loaded: Vec<f64>,
-    bulk_bytes: u64,
-    bulk_secs: f64,
+/// The interactive response: 4 MiB is ~1.7 s alone on the 20 Mbit/s link, so stream setup
+/// (one round trip) and timer granularity are small beside it, and at half the link it takes
+/// ~3.4 s.
+const OVERTAKE_BYTES: u64 = 4 << 20;
+/// Seed of the interactive response (another than the bulk's, so nothing of it dedups).
+const OVERTAKE_SEED: u64 = 0x1A7E;
+/// The bulk download asked for: far more than the link moves while the test runs, so the bulk
+/// stream stays backlogged in the core's quinn send buffer (up to `dedup.flow_window`, 16 MiB
+/// ≈ 6.7 s of the link) for the whole measurement.
+const BULK_BYTES: u64 = 1 << 30;
+/// Seed of the bulk download.
+const BULK_SEED: u64 = 0xB01C;
+/// Bulk bytes received before the interactive request: by then the congestion controller has
+/// left startup and the core has filled the bulk flow's window.
+const BULK_WARM: u64 = 4 << 20;
+/// Link rate of the emulated WAN: slow enough that the emulator and the processes idle, fast
+/// enough that the test is short.
+const SLOW_LINK_BPS: u64 = 20_000_000;
+
+/// One run of the overtaking measurement.
+struct OvertakeRun {
+    /// Seconds from the interactive request to the last byte of its response.
+    interactive_secs: f64,
+    /// Bulk goodput (bytes/s) with the link to itself, just before the interactive request.
+    bulk_alone: f64,
+    /// Bulk bytes received while the interactive response was under way.
+    bulk_during: u64,
+    /// Bulk bytes the core had read from its upstream but the client had not yet received
+    /// when the interactive request went out: queued in the core (quinn's send buffer), in
+    /// flight, or in the edge.
+    bulk_backlog: u64,
+    /// The core's smoothed tunnel RTT (s) and congestion window (bytes) at that moment.
+    rtt_cwnd: (f64, u64),
+    /// Packets the core's QUIC declared lost during the run.
+    quic_lost: u64,
+    /// Interactive and bulk flows the core counted for their classes.
+    core_flows: (f64, f64),
+    /// Emulated-link counters of the run.
     wan: strait_wanem::WanStats,
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    s[s.len() / 2]
+/// A GEN request for `len` seeded bytes.
+fn gen_request(seed: u64, len: u64) -> Vec<u8> {
+    let mut req = vec![strait_e2e::origin::OP_GEN];
+    req.extend_from_slice(&seed.to_le_bytes());
+    req.extend_from_slice(&len.to_le_bytes());
+    req
 }
 
-/// Echo exchanges before and during a bulk download, run inside site A.
-async fn measure_priority(
+/// Runs inside site A: starts the bulk download, waits until it is in full swing, then fetches
+/// the interactive response, verifying it. `started` gets the bulk bytes received when the
+/// interactive request went out. Returns (interactive seconds, bulk goodput alone, bulk bytes
+/// received meanwhile).
+async fn overtake(
     bulk: SocketAddr,
     chat: SocketAddr,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>, u64, f64)> {
+    started: std::sync::mpsc::Sender<u64>,
+) -> anyhow::Result<(f64, f64, u64)> {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::sync::Arc;
-    use strait_e2e::origin::{OP_ECHO, OP_GEN};
+    use std::time::Instant;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
-    const MSG: usize = 200;
-    const SAMPLES: usize = 40;
-    let mut echo = TcpStream::connect(chat).await?;
-    echo.set_nodelay(true)?;
-    echo.write_all(&[OP_ECHO]).await?;
-    let msg = seeded::bytes(0xEC40, MSG);
-    let mut back = vec![0u8; MSG];
-    let mut round = async |echo: &mut TcpStream| -> anyhow::Result<f64> {
-        let t0 = std::time::Instant::now();
-        echo.write_all(&msg).await?;
-        echo.read_exact(&mut back).await?;
-        anyhow::ensure!(back == msg, "echo returned other bytes");
-        Ok(t0.elapsed().as_secs_f64())
-    };
-    let mut idle = Vec::new();
-    for _ in 0..10 {
-        idle.push(round(&mut echo).await?);
-    }
     let got = Arc::new(AtomicU64::new(0));
     let mut b = TcpStream::connect(bulk).await?;
-    let mut req = vec![OP_GEN];
-    req.extend_from_slice(&0xB01Cu64.to_le_bytes());
-    req.extend_from_slice(&(1u64 << 30).to_le_bytes());
-    b.write_all(&req).await?;
+    b.write_all(&gen_request(BULK_SEED, BULK_BYTES)).await?;
     let g = got.clone();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 256 * 1024];
@@ -905,29 +922,56 @@ async fn measure_priority(
             g.fetch_add(n as u64, Relaxed);
         }
     });
-    // Measure only once the bulk flow has filled the pipe: 2 MiB is ~0.8 s at 20 Mbit/s.
-    strait_e2e::poll_async("bulk download under way", Duration::from_secs(30), || {
-        let g = got.clone();
-        async move { (g.load(Relaxed) >= 2 << 20).then_some(()) }
-    })
-    .await?;
+    let reached = |n: u64| {
+        let got = got.clone();
+        move || {
+            let got = got.clone();
+            async move { (got.load(Relaxed) >= n).then_some(()) }
+        }
+    };
+    let warm = Duration::from_secs(30);
+    strait_e2e::poll_async("bulk download under way", warm, reached(BULK_WARM / 2)).await?;
+    let (ta, ba) = (Instant::now(), got.load(Relaxed));
+    strait_e2e::poll_async("bulk download warmed up", warm, reached(BULK_WARM)).await?;
+    let bulk_alone = (got.load(Relaxed) - ba) as f64 / ta.elapsed().as_secs_f64();
+
     let b0 = got.load(Relaxed);
-    let t0 = std::time::Instant::now();
-    let mut loaded = Vec::new();
-    for _ in 0..SAMPLES {
-        loaded.push(round(&mut echo).await?);
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(chat).await?;
+    s.write_all(&gen_request(OVERTAKE_SEED, OVERTAKE_BYTES))
+        .await?;
+    let _ = started.send(b0);
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n_total = 0u64;
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        n_total += n as u64;
     }
-    let bulk_bytes = got.load(Relaxed) - b0;
     let secs = t0.elapsed().as_secs_f64();
+    let bulk_during = got.load(Relaxed) - b0;
     reader.abort();
-    Ok((idle, loaded, bulk_bytes, secs))
+    anyhow::ensure!(
+        n_total == OVERTAKE_BYTES && h.finalize() == seeded::hash(OVERTAKE_SEED, OVERTAKE_BYTES),
+        "interactive response: got {n_total} bytes (want {OVERTAKE_BYTES}) or other bytes"
+    );
+    Ok((secs, bulk_alone, bulk_during))
 }
 
-fn priority_run(interactive_priority: i32) -> PriorityRun {
-    use strait_wanem::{LinkParams, Wan, WanConfig};
+/// One pair across a fresh emulated slow link (same seed every time); the interactive class
+/// has `interactive_priority`, the bulk class -20.
+fn overtake_run(interactive_priority: i32) -> OvertakeRun {
+    use strait_wanem::{LinkParams, QueueLimit, Wan, WanConfig};
     let link = LinkParams {
         delay: Duration::from_millis(10),
-        rate_bps: Some(20_000_000),
+        rate_bps: Some(SLOW_LINK_BPS),
+        // A short drop-tail queue: the congestion controller cannot park seconds of data in
+        // the emulator, so the backlog stays in the sender, where priority acts.
+        queue: QueueLimit::Millis(25),
         ..LinkParams::default()
     };
     let wan = Wan::start(WanConfig {
@@ -951,9 +995,10 @@ fn priority_run(interactive_priority: i32) -> PriorityRun {
         .unwrap();
     let origin = addr_rx.recv().unwrap();
     // The same policy on both sides: the edge sets the priority of uploads, the core (which
-    // classifies with route = its service name) that of downloads.
+    // classifies with route = its service name) that of downloads — the direction measured.
     let policy = format!(
-        "[[class]]\nname = \"interactive\"\npriority = {interactive_priority}\n\n\
+        "[[class]]\nname = \"bulk\"\npriority = -20\n\n\
+         [[class]]\nname = \"interactive\"\npriority = {interactive_priority}\n\n\
          [[rule]]\nclass = \"interactive\"\nroute = \"chat\"\n\n\
          [[rule]]\nclass = \"bulk\"\nroute = \"bulk\"\n"
     );
@@ -985,24 +1030,55 @@ fn priority_run(interactive_priority: i32) -> PriorityRun {
         strait_wanem::run_in_netns(&ns_a, || admin::ready(a)).unwrap_or(false)
     })
     .unwrap();
-    let (bulk, chat) = (p.addr("bulk"), p.addr("chat"));
+    let (bulk, chat, core_admin) = (p.addr("bulk"), p.addr("chat"), p.core_admin);
+    let core_stats = || wan.enter_b(|| admin::stats(core_admin)).unwrap().unwrap();
+    let lost = |st: &serde_json::Value| st["tunnel"]["lost_packets"].as_u64().unwrap_or(0);
+    let lost0 = lost(&core_stats());
     let w0 = wan.stats();
-    let (idle, loaded, bulk_bytes, bulk_secs) = wan
-        .spawn_in_a(move || strait_e2e::rt().block_on(measure_priority(bulk, chat)))
-        .unwrap()
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let measure = wan
+        .spawn_in_a(move || strait_e2e::rt().block_on(overtake(bulk, chat, started_tx)))
+        .unwrap();
+    // The core's view when the interactive request goes out (if the measurement fails before,
+    // the sender is dropped and the join below reports why).
+    let snapshot = started_rx
+        .recv_timeout(Duration::from_secs(60))
+        .ok()
+        .map(|b0| {
+            let st = core_stats();
+            let read = route(&st, "bulk", "download").logical_bytes;
+            let t = &st["tunnel"];
+            (
+                read.saturating_sub(b0),
+                (
+                    t["rtt_seconds"].as_f64().unwrap_or(0.0),
+                    t["cwnd_bytes"].as_u64().unwrap_or(0),
+                ),
+            )
+        });
+    let (interactive_secs, bulk_alone, bulk_during) = measure
         .join()
         .unwrap()
         .unwrap()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("priority {interactive_priority}: {e:#}"));
     let wan_stats = wan.stats().since(&w0);
+    let quic_lost = lost(&core_stats()).saturating_sub(lost0);
+    let (bulk_backlog, rtt_cwnd) = snapshot.unwrap_or_default();
+    let m = wan.enter_b(|| admin::metrics(core_admin)).unwrap().unwrap();
+    let flows =
+        |c: &str| metric(&m, "strait_class_flows_total", &format!("class=\"{c}\"")).unwrap_or(0.0);
+    let core_flows = (flows("interactive"), flows("bulk"));
     drop(p);
     let _ = stop_tx.send(());
     let _ = origin_thread.join();
-    PriorityRun {
-        idle,
-        loaded,
-        bulk_bytes,
-        bulk_secs,
+    OvertakeRun {
+        interactive_secs,
+        bulk_alone,
+        bulk_during,
+        bulk_backlog,
+        rtt_cwnd,
+        quic_lost,
+        core_flows,
         wan: wan_stats,
     }
 }
@@ -1014,40 +1090,58 @@ fn interactive_class_overtakes_a_bulk_download_sharing_a_slow_tunnel() {
         return;
     }
     let _l = heavy();
-    // Same seed, same link, same load; only the interactive class's priority differs.
-    let mut report = Vec::new();
+    // Same seed, same link, same load; only the interactive class's priority differs. With a
+    // higher priority quinn sends the interactive stream's data before the backlogged bulk
+    // stream's, so the response takes about size / link rate; at equal priority the two
+    // streams share the link and it takes about twice that.
     // STRAIT_PRIO_ORDER=30,-20,... repeats or reorders the runs (for investigating variance).
     let order: Vec<i32> = std::env::var("STRAIT_PRIO_ORDER")
         .ok()
-        .map(|s| s.split(',').map(|x| x.parse().unwrap()).collect())
-        .unwrap_or(vec![-20, 30]);
+        .map(|s| s.split(',').map(|x| x.trim().parse().unwrap()).collect())
+        .unwrap_or(vec![30, -20]);
+    let alone_secs = OVERTAKE_BYTES as f64 * 8.0 / SLOW_LINK_BPS as f64;
+    let mut report = Vec::new();
     for prio in order {
-        let r = priority_run(prio);
-        let (mi, ml) = (median(&r.idle), median(&r.loaded));
+        let r = overtake_run(prio);
+        assert!(
+            r.core_flows.0 >= 1.0 && r.core_flows.1 >= 1.0,
+            "the core did not classify the flows as interactive/bulk: {:?}",
+            r.core_flows
+        );
+        let mbit = |bytes: f64, secs: f64| bytes * 8.0 / secs / 1e6;
         let line = format!(
-            "interactive priority {prio:>3} (bulk -20): idle median {:.1} ms, loaded median {:.1} ms \
-             (min {:.1}, max {:.1}), bulk {:.1} Mbit/s; WAN b->a dropped {} of {} packets ({:?})",
-            mi * 1e3,
-            ml * 1e3,
-            r.loaded.iter().cloned().fold(f64::MAX, f64::min) * 1e3,
-            r.loaded.iter().cloned().fold(0.0, f64::max) * 1e3,
-            r.bulk_bytes as f64 * 8.0 / r.bulk_secs / 1e6,
-            r.wan.b_to_a.dropped(),
+            "interactive priority {prio:>3} (bulk -20): {} MiB in {:.2} s ({:.1} Mbit/s; alone on \
+             the link {:.2} s); bulk alone {:.1} Mbit/s, during it {:.1} Mbit/s; bulk backlog at \
+             the core {:.1} MiB, tunnel rtt {:.0} ms, cwnd {} KiB; WAN b->a: {} packets \
+             offered, {} dropped by the full queue, {} otherwise; QUIC declared {} lost",
+            OVERTAKE_BYTES >> 20,
+            r.interactive_secs,
+            mbit(OVERTAKE_BYTES as f64, r.interactive_secs),
+            alone_secs,
+            mbit(r.bulk_alone, 1.0),
+            mbit(r.bulk_during as f64, r.interactive_secs),
+            r.bulk_backlog as f64 / MIB as f64,
+            r.rtt_cwnd.0 * 1e3,
+            r.rtt_cwnd.1 >> 10,
             r.wan.b_to_a.packets,
-            r.wan.b_to_a,
+            r.wan.b_to_a.dropped_queue,
+            r.wan.b_to_a.dropped() - r.wan.b_to_a.dropped_queue,
+            r.quic_lost,
         );
         eprintln!("{line}");
-        report.push((prio, ml, line));
+        report.push((prio, r.interactive_secs, line));
     }
     let mean = |p: i32| {
         let v: Vec<f64> = report.iter().filter(|r| r.0 == p).map(|r| r.1).collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
+        assert!(!v.is_empty(), "no run with interactive priority {p}");
+        v.iter().sum::<f64>() / v.len() as f64
     };
-    let (same, higher) = (mean(-20), mean(30));
+    let (higher, same) = (mean(30), mean(-20));
     let all: Vec<&str> = report.iter().map(|r| r.2.as_str()).collect();
     assert!(
-        higher * 2.0 < same,
-        "higher priority did not cut the interactive median latency by half:\n{}",
+        higher <= 0.7 * same,
+        "with priority 30 over bulk's -20 the interactive response took {higher:.2} s, not at \
+         most 0.7 x the {same:.2} s it took at equal priority:\n{}",
         all.join("\n")
     );
 }
