@@ -2,7 +2,7 @@
 //! controller come from `[tunnel]`; quinn's defaults cap one stream near 100 Mbit/s at 100 ms.
 
 use crate::{io_err, tls, Error};
-use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+use quinn::congestion::{CubicConfig, NewRenoConfig};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use std::net::SocketAddr;
@@ -51,7 +51,9 @@ pub fn transport_config(t: &Tunnel) -> Result<TransportConfig, Error> {
         .max_concurrent_bidi_streams(VarInt::from_u32(t.max_flows))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
     match t.congestion {
-        Congestion::Bbr => tc.congestion_controller_factory(Arc::new(BbrConfig::default())),
+        Congestion::Bbr => {
+            tc.congestion_controller_factory(Arc::new(crate::congestion::PacedBbrConfig::default()))
+        }
         Congestion::Cubic => tc.congestion_controller_factory(Arc::new(CubicConfig::default())),
         Congestion::NewReno => tc.congestion_controller_factory(Arc::new(NewRenoConfig::default())),
     };

@@ -7,6 +7,7 @@
 
 pub mod certs;
 pub mod classes;
+pub mod congestion;
 pub mod deltas;
 pub mod endpoint;
 pub mod flow;
