@@ -18,6 +18,48 @@ const SNIFF_LEN: usize = 4096;
 /// Most pending cut offsets kept (a safetensors file with more tensors is cut at the first ones).
 pub const MAX_PENDING_CUTS: usize = 1 << 20;
 
+/// Whether the stream starts with an HTTP message head.
+enum Head {
+    Undecided,
+    Decided,
+}
+
+/// Longest HTTP head looked for.
+pub const MAX_HTTP_HEAD: usize = 64 * 1024;
+
+fn looks_like_http(b: &[u8]) -> Option<bool> {
+    const STARTS: [&[u8]; 9] = [
+        b"HTTP/1.",
+        b"GET ",
+        b"PUT ",
+        b"POST ",
+        b"HEAD ",
+        b"PATCH ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"CONNECT ",
+    ];
+    let mut undecided = false;
+    for s in STARTS {
+        let n = s.len().min(b.len());
+        if b[..n] == s[..n] {
+            if n == s.len() {
+                return Some(true);
+            }
+            undecided = true;
+        }
+    }
+    if undecided {
+        None
+    } else {
+        Some(false)
+    }
+}
+
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
 enum State {
     Sniffing,
     SafetensorsHeader { need: u64 },
@@ -29,6 +71,10 @@ enum State {
 pub struct FormatCuts {
     state: State,
     prefix: Vec<u8>,
+    head: Head,
+    head_buf: Vec<u8>,
+    /// Absolute offset where the format's bytes start (after an HTTP head, if any).
+    base: u64,
     pos: u64,
     cuts: VecDeque<u64>,
     format: Option<Format>,
@@ -46,6 +92,9 @@ impl FormatCuts {
         FormatCuts {
             state: State::Sniffing,
             prefix: Vec::new(),
+            head: Head::Undecided,
+            head_buf: Vec::new(),
+            base: 0,
             pos: 0,
             cuts: VecDeque::new(),
             format: None,
@@ -61,6 +110,54 @@ impl FormatCuts {
     pub fn observe(&mut self, data: &[u8]) {
         let start = self.pos;
         self.pos += data.len() as u64;
+        match self.head {
+            Head::Decided => {
+                let rel = start - self.base;
+                self.observe_rel(rel, data);
+            }
+            Head::Undecided => {
+                let room = MAX_HTTP_HEAD.saturating_sub(self.head_buf.len());
+                self.head_buf
+                    .extend_from_slice(&data[..room.min(data.len())]);
+                let buf = std::mem::take(&mut self.head_buf);
+                let decided = match looks_like_http(&buf) {
+                    None => None,
+                    Some(false) => Some(0),
+                    // An HTTP message: cut after its head (headers such as Date change on every
+                    // fetch, the body does not) and look at the body's format.
+                    Some(true) => match find_head_end(&buf) {
+                        Some(end) => {
+                            self.cuts.push_back(end as u64);
+                            Some(end)
+                        }
+                        None if buf.len() >= MAX_HTTP_HEAD => {
+                            self.state = State::Done;
+                            Some(buf.len())
+                        }
+                        None => None,
+                    },
+                };
+                match decided {
+                    None => self.head_buf = buf,
+                    Some(body) => {
+                        self.head = Head::Decided;
+                        self.base = body as u64;
+                        self.observe_rel(0, &buf[body..]);
+                        // Bytes of this call that did not fit the head buffer.
+                        let copied = room.min(data.len());
+                        if copied < data.len() {
+                            let rel = start + copied as u64 - self.base;
+                            self.observe_rel(rel, &data[copied..]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds bytes at offset `start` relative to the format's first byte.
+    fn observe_rel(&mut self, start: u64, data: &[u8]) {
+        let base = self.base;
         loop {
             match &mut self.state {
                 State::Done => return,
@@ -93,13 +190,14 @@ impl FormatCuts {
                             // Replay the archive's first bytes (held in the prefix) block by block.
                             let prefix = std::mem::take(&mut self.prefix);
                             let mut block = Vec::new();
-                            feed_tar(&mut walker, &mut block, &mut self.cuts, 0, &prefix);
+                            feed_tar(&mut walker, &mut block, &mut self.cuts, base, 0, &prefix);
                             // And the bytes of this call beyond the prefix.
                             let rest_start = start + take as u64;
                             feed_tar(
                                 &mut walker,
                                 &mut block,
                                 &mut self.cuts,
+                                base,
                                 rest_start,
                                 &data[take..],
                             );
@@ -128,7 +226,7 @@ impl FormatCuts {
                     return;
                 }
                 State::Tar { walker, block } => {
-                    feed_tar(walker, block, &mut self.cuts, start, data);
+                    feed_tar(walker, block, &mut self.cuts, base, start, data);
                     if walker.is_done() {
                         self.state = State::Done;
                     }
@@ -141,7 +239,7 @@ impl FormatCuts {
     fn finish_safetensors(&mut self) {
         if let Ok(h) = parse_safetensors_header(&self.prefix) {
             for b in h.tensor_boundaries().take(MAX_PENDING_CUTS) {
-                self.cuts.push_back(b);
+                self.cuts.push_back(self.base + b);
             }
         }
         self.prefix = Vec::new();
@@ -166,6 +264,7 @@ fn feed_tar(
     walker: &mut TarWalker,
     block: &mut Vec<u8>,
     cuts: &mut VecDeque<u64>,
+    base: u64,
     at: u64,
     data: &[u8],
 ) {
@@ -196,7 +295,7 @@ fn feed_tar(
             match r {
                 Ok(Some(m)) => {
                     if cuts.len() < MAX_PENDING_CUTS {
-                        cuts.push_back(m.header_offset);
+                        cuts.push_back(base + m.header_offset);
                     }
                 }
                 Ok(None) | Err(_) => return,
@@ -251,6 +350,23 @@ mod tests {
         let want = vec![8 + hl, 8 + hl + 1000, 8 + hl + 6000];
         for piece in [1, 7, 100, 4096, f.len()] {
             assert_eq!(cuts_of(&f, piece), want, "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn http_head_is_cut_off_and_the_body_format_still_found() {
+        let f = safetensors(&[1000, 5000]);
+        let hl = u64::from_le_bytes(f[..8].try_into().unwrap());
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nDate: Sat, 21 Nov 2026 06:00:00 GMT\r\nContent-Length: {}\r\n\r\n",
+            f.len()
+        );
+        let mut msg = head.clone().into_bytes();
+        msg.extend_from_slice(&f);
+        let h = head.len() as u64;
+        let want = vec![h, h + 8 + hl, h + 8 + hl + 1000];
+        for piece in [1, 3, 50, 4096, msg.len()] {
+            assert_eq!(cuts_of(&msg, piece), want, "piece {piece}");
         }
     }
 
