@@ -36,6 +36,8 @@ fn cfg(delta: bool) -> EncoderConfig {
             enabled: delta,
             ..DeltaConfig::default()
         },
+        // As in the product: cut at format record boundaries (tar members here).
+        format_cuts: true,
     }
 }
 
