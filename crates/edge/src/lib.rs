@@ -564,7 +564,9 @@ async fn open_flow(
                 max_bases: d.max_delta_bases,
                 index_bytes: d.sketch_index_bytes,
             },
-            format_cuts: true,
+            // Record-aligned cuts help exact dedup but leave more, smaller chunks for deltas,
+            // which then cost more (BENCHMARKS.md, delta section): use them without delta.
+            format_cuts: !(d.delta && policy.delta),
         },
         sh.hasher.clone(),
         sh.store.clone(),
