@@ -1,1 +1,0 @@
-//! strait-testkit (work in progress).
