@@ -11,12 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strait_admin::{Direction, Metrics, TunnelSnapshot};
 use strait_chunk::{ChunkHasher, ChunkerConfig};
-use strait_codec::CompressConfig;
 use strait_config::{Config, Service};
-use strait_dedup::{EncoderConfig, FlowDecoder, FlowEncoder};
 use strait_store::{PeerSlot, Store};
 use strait_transport::endpoint::key_fingerprint;
-use strait_transport::flow::{self, FlowError, FlowParts};
+use strait_transport::flow::{self, FlowError};
 use strait_wire::{Frame, FrameDecoder, RefuseCode, PROTOCOL_VERSION};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -99,15 +97,13 @@ impl Tunnels {
 struct Shared {
     upstreams: HashMap<String, strait_http::Upstream>,
     proxy_allow: Vec<(strait_classify::Glob, strait_classify::Glob)>,
-    deltas: Arc<strait_transport::deltas::Deltas>,
+    engine: flow::Engine,
     classifier: Arc<strait_classify::Classifier>,
     classes: Arc<strait_classify::ClassStats>,
     cfg: Config,
     services: HashMap<String, Service>,
     metrics: Arc<Metrics>,
     store: Arc<Store>,
-    hasher: ChunkHasher,
-    chunker: ChunkerConfig,
     flows: TaskTracker,
     tunnels: Tunnels,
 }
@@ -169,12 +165,17 @@ impl Core {
         let d2 = deltas.clone();
         metrics.add_extra(move || d2.families());
         let shared = Arc::new(Shared {
-            deltas,
+            engine: flow::Engine {
+                hasher: ChunkHasher::new(cfg.dedup.key),
+                chunker,
+                store: store.clone(),
+                dedup: cfg.dedup.clone(),
+                deltas,
+            },
             upstreams,
             proxy_allow,
             classifier,
             classes,
-            hasher: ChunkHasher::new(cfg.dedup.key),
             services: core
                 .services
                 .iter()
@@ -183,7 +184,6 @@ impl Core {
             cfg,
             metrics: metrics.clone(),
             store,
-            chunker,
             flows: TaskTracker::new(),
             tunnels: Tunnels {
                 fec: fec_stats,
@@ -548,57 +548,17 @@ async fn serve_flow(
     let rx_stats = sh.metrics.route(&svc.name, Direction::Upload);
     tx_stats.flows.fetch_add(1, Relaxed);
     let _open = sh.metrics.open_flow();
-    let d = &sh.cfg.dedup;
-    let encoder = FlowEncoder::new(
-        EncoderConfig {
-            chunker: sh.chunker,
-            dedup: policy.dedup,
-            compress: CompressConfig {
-                level: policy.compression,
-                tensor: true,
-            },
-            window: d.flow_window,
-            delta: strait_dedup::DeltaConfig {
-                enabled: d.delta && policy.delta,
-                max_bases: d.max_delta_bases,
-                index_bytes: d.sketch_index_bytes,
-            },
-            // Record-aligned cuts help exact dedup but leave more, smaller chunks for deltas,
-            // which then cost more (BENCHMARKS.md, delta section): use them without delta.
-            format_cuts: !(d.delta && policy.delta),
-        },
-        sh.hasher.clone(),
-        sh.store.clone(),
+    let parts = sh.engine.parts(flow::FlowSpec {
+        route: &svc.name,
+        sending: Direction::Download,
         peer,
-        tx_stats.clone(),
-    )
-    .with_delta(
-        sh.deltas.index.clone(),
-        sh.deltas.stats(&svc.name, Direction::Download),
-    );
-    let decoder = FlowDecoder::new(
-        sh.hasher.clone(),
-        sh.store.clone(),
-        peer,
-        d.flow_window,
-        rx_stats.clone(),
-    )
-    .with_delta(
-        Some(sh.deltas.index.clone()),
-        sh.deltas.stats(&svc.name, Direction::Upload),
-    );
-    let parts = FlowParts {
-        encoder,
-        decoder,
+        policy,
+        rate_limit: verdict.rate_limit,
         tx_stats,
         rx_stats,
-        flush_delay: d.flush_delay,
         prefix: fd,
         expect_open_ok: false,
-        rate: verdict
-            .rate_limit
-            .map(strait_classify::TokenBucket::with_default_burst),
-    };
+    });
     let totals = flow::FlowTotals::default();
     let result = match upstream {
         UpstreamConn::Tcp(tcp) => flow::pump(tcp, &mut send, &mut recv, parts, &totals).await,

@@ -10,13 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strait_admin::{Direction, Metrics, TunnelSnapshot};
 use strait_chunk::{ChunkHasher, ChunkerConfig};
-use strait_codec::CompressConfig;
 use strait_config::{Config, Forward, ForwardKind, RoutePolicy};
 
 /// Service names with this prefix ask the core for an HTTP proxy origin (`proxy:host:port`);
 /// declared service names cannot contain ':'.
 pub const PROXY_SERVICE_PREFIX: &str = "proxy:";
-use strait_dedup::{EncoderConfig, FlowDecoder, FlowEncoder};
 use strait_store::{PeerSlot, Store};
 use strait_transport::endpoint::key_fingerprint;
 use strait_transport::flow::{self, FlowError, FlowParts};
@@ -71,7 +69,7 @@ pub enum OpenError {
 }
 
 struct Shared {
-    deltas: Arc<strait_transport::deltas::Deltas>,
+    engine: flow::Engine,
     classifier: Arc<strait_classify::Classifier>,
     classes: Arc<strait_classify::ClassStats>,
     http: Arc<strait_http::HttpStats>,
@@ -80,8 +78,6 @@ struct Shared {
     metrics: Arc<Metrics>,
     store: Arc<Store>,
     peer: PeerSlot,
-    hasher: ChunkHasher,
-    chunker: ChunkerConfig,
     tunnel: watch::Receiver<Option<quinn::Connection>>,
     flows: TaskTracker,
     closed_tx: AtomicU64,
@@ -180,17 +176,21 @@ impl Edge {
         let d2 = deltas.clone();
         metrics.add_extra(move || d2.families());
         let shared = Arc::new(Shared {
-            deltas,
+            engine: flow::Engine {
+                hasher: ChunkHasher::new(cfg.dedup.key),
+                chunker,
+                store: store.clone(),
+                dedup: cfg.dedup.clone(),
+                deltas,
+            },
             classifier,
             classes,
             http,
             fec: fec_stats,
-            hasher: ChunkHasher::new(cfg.dedup.key),
             cfg,
             metrics: metrics.clone(),
             store,
             peer,
-            chunker,
             tunnel: tunnel_rx,
             flows: TaskTracker::new(),
             closed_tx: AtomicU64::new(0),
@@ -549,57 +549,17 @@ async fn open_flow(
         .map_err(|e| OpenError::Stream(e.to_string()))?;
     tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
     tx_stats.flows.fetch_add(1, Relaxed);
-    let d = &sh.cfg.dedup;
-    let encoder = FlowEncoder::new(
-        EncoderConfig {
-            chunker: sh.chunker,
-            dedup: policy.dedup,
-            compress: CompressConfig {
-                level: policy.compression,
-                tensor: true,
-            },
-            window: d.flow_window,
-            delta: strait_dedup::DeltaConfig {
-                enabled: d.delta && policy.delta,
-                max_bases: d.max_delta_bases,
-                index_bytes: d.sketch_index_bytes,
-            },
-            // Record-aligned cuts help exact dedup but leave more, smaller chunks for deltas,
-            // which then cost more (BENCHMARKS.md, delta section): use them without delta.
-            format_cuts: !(d.delta && policy.delta),
-        },
-        sh.hasher.clone(),
-        sh.store.clone(),
-        sh.peer,
-        tx_stats.clone(),
-    )
-    .with_delta(
-        sh.deltas.index.clone(),
-        sh.deltas.stats(route, Direction::Upload),
-    );
-    let decoder = FlowDecoder::new(
-        sh.hasher.clone(),
-        sh.store.clone(),
-        sh.peer,
-        d.flow_window,
-        rx_stats.clone(),
-    )
-    .with_delta(
-        Some(sh.deltas.index.clone()),
-        sh.deltas.stats(route, Direction::Download),
-    );
-    let parts = FlowParts {
-        encoder,
-        decoder,
+    let parts = sh.engine.parts(flow::FlowSpec {
+        route,
+        sending: Direction::Upload,
+        peer: sh.peer,
+        policy,
+        rate_limit: verdict.rate_limit,
         tx_stats,
         rx_stats,
-        flush_delay: d.flush_delay,
         prefix: FrameDecoder::new(),
         expect_open_ok: true,
-        rate: verdict
-            .rate_limit
-            .map(strait_classify::TokenBucket::with_default_burst),
-    };
+    });
     Ok(OpenedFlow {
         send,
         recv,

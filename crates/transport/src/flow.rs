@@ -332,3 +332,102 @@ pub async fn read_frame(
         }
     }
 }
+
+/// What every flow of a process shares to build its dedup engine (edge and core alike).
+pub struct Engine {
+    /// Keyed-BLAKE3 chunk ids.
+    pub hasher: strait_chunk::ChunkHasher,
+    /// Chunk sizes.
+    pub chunker: strait_chunk::ChunkerConfig,
+    /// This side's chunk store.
+    pub store: Arc<strait_store::Store>,
+    /// `[dedup]` settings.
+    pub dedup: strait_config::Dedup,
+    /// Sketch index and delta counters.
+    pub deltas: Arc<crate::deltas::Deltas>,
+}
+
+/// One flow's place: its route, which way this side sends, its peer and policy.
+pub struct FlowSpec<'a> {
+    /// Route (edge forward or core service) name.
+    pub route: &'a str,
+    /// Direction of what this side sends (the edge uploads, the core downloads).
+    pub sending: strait_admin::Direction,
+    /// The peer's slot in the store.
+    pub peer: strait_store::PeerSlot,
+    /// Data-path settings after the class verdict.
+    pub policy: strait_config::RoutePolicy,
+    /// Rate cap of the flow's class.
+    pub rate_limit: Option<strait_classify::ByteRate>,
+    /// Counters of the sending direction.
+    pub tx_stats: Arc<RouteStats>,
+    /// Counters of the receiving direction.
+    pub rx_stats: Arc<RouteStats>,
+    /// Frames already read from the stream.
+    pub prefix: FrameDecoder,
+    /// Whether the peer's first frame must be `OpenOk`.
+    pub expect_open_ok: bool,
+}
+
+impl Engine {
+    /// The encoder, decoder and settings of one flow.
+    pub fn parts(&self, spec: FlowSpec<'_>) -> FlowParts {
+        let d = &self.dedup;
+        let delta = d.delta && spec.policy.delta;
+        let receiving = match spec.sending {
+            strait_admin::Direction::Upload => strait_admin::Direction::Download,
+            strait_admin::Direction::Download => strait_admin::Direction::Upload,
+        };
+        let encoder = FlowEncoder::new(
+            strait_dedup::EncoderConfig {
+                chunker: self.chunker,
+                dedup: spec.policy.dedup,
+                compress: strait_codec::CompressConfig {
+                    level: spec.policy.compression,
+                    tensor: true,
+                },
+                window: d.flow_window,
+                delta: strait_dedup::DeltaConfig {
+                    enabled: delta,
+                    max_bases: d.max_delta_bases,
+                    index_bytes: d.sketch_index_bytes,
+                },
+                // Record-aligned cuts help exact dedup but leave more, smaller chunks for
+                // deltas, which then cost more (BENCHMARKS.md, delta section): use them
+                // without delta.
+                format_cuts: !delta,
+            },
+            self.hasher.clone(),
+            self.store.clone(),
+            spec.peer,
+            spec.tx_stats.clone(),
+        )
+        .with_delta(
+            self.deltas.index.clone(),
+            self.deltas.stats(spec.route, spec.sending),
+        );
+        let decoder = FlowDecoder::new(
+            self.hasher.clone(),
+            self.store.clone(),
+            spec.peer,
+            d.flow_window,
+            spec.rx_stats.clone(),
+        )
+        .with_delta(
+            Some(self.deltas.index.clone()),
+            self.deltas.stats(spec.route, receiving),
+        );
+        FlowParts {
+            encoder,
+            decoder,
+            tx_stats: spec.tx_stats,
+            rx_stats: spec.rx_stats,
+            flush_delay: d.flush_delay,
+            prefix: spec.prefix,
+            expect_open_ok: spec.expect_open_ok,
+            rate: spec
+                .rate_limit
+                .map(strait_classify::TokenBucket::with_default_burst),
+        }
+    }
+}
