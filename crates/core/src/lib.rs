@@ -393,7 +393,13 @@ impl Shared {
     }
 }
 
-async fn refuse(send: &mut quinn::SendStream, code: RefuseCode, reason: &str) {
+/// Refuses a flow: says why on the stream, finishes it and stops reading the edge's side.
+async fn refuse(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    code: RefuseCode,
+    reason: &str,
+) {
     let mut out = bytes::BytesMut::new();
     Frame::Refuse {
         code,
@@ -402,6 +408,7 @@ async fn refuse(send: &mut quinn::SendStream, code: RefuseCode, reason: &str) {
     .encode(&mut out);
     let _ = send.write_all(&out).await;
     let _ = send.finish();
+    let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
 }
 
 async fn serve_flow(
@@ -423,8 +430,7 @@ async fn serve_flow(
     };
     let Frame::Open { service, route } = open else {
         tracing::warn!("flow did not start with Open");
-        refuse(&mut send, RefuseCode::Other, "expected Open").await;
-        let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+        refuse(&mut send, &mut recv, RefuseCode::Other, "expected Open").await;
         return;
     };
     // An edge HTTP proxy names its origin; the core reaches it only if proxy_allow lists it.
@@ -438,11 +444,11 @@ async fn serve_flow(
                 tracing::warn!(%edge, %origin, %route, "refused: proxy origin is not in core.proxy_allow");
                 refuse(
                     &mut send,
+                    &mut recv,
                     RefuseCode::Denied,
                     &format!("origin {origin:?} is not in this core's proxy_allow list"),
                 )
                 .await;
-                let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
                 return;
             }
             Service {
@@ -462,11 +468,11 @@ async fn serve_flow(
                 tracing::warn!(%edge, %service, %route, "refused: service is not declared by this core");
                 refuse(
                     &mut send,
+                    &mut recv,
                     RefuseCode::UnknownService,
                     &format!("service {service:?} is not declared by this core"),
                 )
                 .await;
-                let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
                 return;
             }
         },
@@ -486,11 +492,11 @@ async fn serve_flow(
         tracing::warn!(%edge, %service, %class, "flow denied by policy");
         refuse(
             &mut send,
+            &mut recv,
             RefuseCode::Denied,
             &format!("class {class:?} is denied by the core's policy"),
         )
         .await;
-        let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
         return;
     }
     let policy = strait_transport::classes::effective_policy(svc.policy, &verdict);
@@ -516,11 +522,11 @@ async fn serve_flow(
             tracing::warn!(%service, upstream = %svc.upstream, error = %e, "upstream unreachable");
             refuse(
                 &mut send,
+                &mut recv,
                 RefuseCode::UpstreamUnreachable,
                 &format!("upstream {} of service {service:?}: {e}", svc.upstream),
             )
             .await;
-            let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
             return;
         }
         Err(_) => {
@@ -528,6 +534,7 @@ async fn serve_flow(
             tracing::warn!(%service, upstream = %svc.upstream, "upstream connect timed out");
             refuse(
                 &mut send,
+                &mut recv,
                 RefuseCode::UpstreamUnreachable,
                 &format!(
                     "upstream {} of service {service:?}: connect timed out",
@@ -535,7 +542,6 @@ async fn serve_flow(
                 ),
             )
             .await;
-            let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
             return;
         }
     };
