@@ -47,6 +47,7 @@ struct Pair {
     tx: Arc<Store>,
     rx: Arc<Store>,
     index: Arc<SketchIndex>,
+    rx_index: Arc<SketchIndex>,
 }
 
 fn pair() -> Pair {
@@ -59,6 +60,7 @@ fn pair() -> Pair {
         tx,
         rx,
         index: Arc::new(SketchIndex::new(strait_dedup::delta::DEFAULT_INDEX_BYTES)),
+        rx_index: Arc::new(SketchIndex::new(strait_dedup::delta::DEFAULT_INDEX_BYTES)),
     }
 }
 
@@ -74,18 +76,19 @@ fn transfer(
     let tp = p.tx.peer_slot("rx").unwrap();
     let rp = p.rx.peer_slot("tx").unwrap();
     let rstats = Arc::new(RouteStats::default());
-    let mut enc = FlowEncoder::new(cfg(delta), hasher.clone(), p.tx.clone(), tp, rstats.clone());
-    if delta {
-        enc = enc.with_delta(p.index.clone(), dstats.clone());
-        enc.add_base_hints(hints);
-    }
+    // As the product wires a flow (crates/transport/src/flow.rs): both halves always get the
+    // process's index; the config decides whether deltas are sent.
+    let mut enc = FlowEncoder::new(cfg(delta), hasher.clone(), p.tx.clone(), tp, rstats.clone())
+        .with_delta(p.index.clone(), dstats.clone());
+    enc.add_base_hints(hints);
     let mut dec = FlowDecoder::new(
         hasher,
         p.rx.clone(),
         rp,
         u64::MAX / 4,
         Arc::new(RouteStats::default()),
-    );
+    )
+    .with_delta(Some(p.rx_index.clone()), Arc::new(DeltaStats::default()));
     let mut wire = BytesMut::new();
     for piece in input.chunks(256 << 10) {
         enc.push(piece, &mut wire);
@@ -115,10 +118,11 @@ fn transfer(
     assert!(out == input, "transfer not byte-exact");
     if std::env::var_os("DELTA_DEBUG").is_some() {
         eprintln!(
-            "literals {} refs {} deltas {} attempts {} rejected {} wan {wan}",
+            "literals {} refs {} deltas {} runs {} attempts {} rejected {} wan {wan}",
             rstats.literal_chunks.load(Relaxed),
             rstats.ref_chunks.load(Relaxed),
             dstats.delta_chunks.load(Relaxed),
+            dstats.runs.load(Relaxed),
             dstats.attempts.load(Relaxed),
             dstats.rejected.load(Relaxed)
         );
@@ -409,7 +413,14 @@ fn main() {
     ];
     println!("| workload | v2 size | strait dedup only | strait dedup + delta | strait + delta, previous-version hints | rsync -z | zstd --long=27 --patch-from | delta ≤ rsync | delta ≤ 1.2 × zstd |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    // `DELTA_ONLY=<index>` runs one workload and skips the throughput run (for iterating).
+    let only: Option<usize> = std::env::var("DELTA_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for (i, (name, v1, v2)) in workloads.iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
         let d = work.path().join(format!("w{i}"));
         std::fs::create_dir_all(&d).unwrap();
         let s = strait(v1, v2);
@@ -441,6 +452,9 @@ fn main() {
             fmt(rs),
             fmt(zs),
         );
+    }
+    if only.is_some() {
+        return;
     }
     // Throughput without near-duplicates: fresh store and index each run, best of 5, alternated.
     let text = &jsonl_v1[..32 << 20];

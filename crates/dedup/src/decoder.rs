@@ -1,6 +1,9 @@
 //! The receiving half: frames → verified client bytes, in order.
 
 use crate::delta::DeltaStats;
+use crate::run::{
+    run_digest, MAX_RUN_DECODED_BYTES, MAX_RUN_PREFIX_BYTES, RUN_GAP_STEPS, RUN_SUPPLY_FLAG,
+};
 use crate::{short, Error, ACK_EVERY, MAX_VERIFY_ATTEMPTS, NO_STORE_FLAG};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -9,14 +12,34 @@ use std::sync::Arc;
 use strait_admin::RouteStats;
 use strait_chunk::{ChunkHasher, ChunkId};
 use strait_codec::CodecId;
-use strait_sketch::{sketch, DeltaDecoder, SketchIndex};
+use strait_sketch::{id_prefix, sketch, DeltaDecoder, SketchIndex};
 use strait_store::{PeerSlot, Store};
-use strait_wire::{ChunkRef, Frame, WireId, DELTA_ZSTD_PREFIX, MAX_CHUNK_LEN};
+use strait_wire::{BaseRef, ChunkRef, Frame, RunItem, WireId, DELTA_ZSTD_PREFIX, MAX_CHUNK_LEN};
 
 enum Slot {
     Ready(Bytes),
-    Waiting { id: WireId, len: u32, store: bool },
+    Waiting {
+        id: WireId,
+        len: u32,
+        store: bool,
+    },
+    /// A delta run that failed verification, waiting for its chunks to be supplied.
+    Run(Box<WaitingRun>),
 }
+
+struct WaitingRun {
+    digest: WireId,
+    count: usize,
+    /// Supplies received so far: id and the verified bytes (`None`: failed verification).
+    got: Vec<(WireId, Option<Bytes>)>,
+    /// Stream-order predecessor of the run's first chunk, for the chain.
+    prev: Option<WireId>,
+    /// Bytes this slot counts in the queue until its chunks are known.
+    acct: u64,
+}
+
+/// A run's chunks, rebuilt: id, bytes, whether it was a delta (to store).
+type Rebuilt = Vec<(WireId, Bytes, bool)>;
 
 /// Decodes one direction of one flow.
 pub struct FlowDecoder {
@@ -34,6 +57,12 @@ pub struct FlowDecoder {
     stats: Arc<RouteStats>,
     delta_stats: Arc<DeltaStats>,
     index: Option<Arc<SketchIndex>>,
+    /// Run digests wanted, in the order the sender will answer them.
+    run_wants: VecDeque<WireId>,
+    /// Last chunk id in stream order, `None` when unknown (after a failed run).
+    prev_id: Option<WireId>,
+    /// The identity `BaseRef::Next` steps from (mirrors the encoder's).
+    identity: Option<WireId>,
 }
 
 impl FlowDecoder {
@@ -63,12 +92,17 @@ impl FlowDecoder {
             stats,
             delta_stats: Arc::new(DeltaStats::default()),
             index: None,
+            run_wants: VecDeque::new(),
+            prev_id: None,
+            identity: None,
         }
     }
 
     /// Counts delta frames into `stats`; with `index`, also sketches every chunk received, so
-    /// the encoder of the opposite direction can use them as bases (the peer holds them).
-    /// Deltas are decoded without this call too.
+    /// the encoder of the opposite direction can use them as bases (the peer holds them), and
+    /// records the order chunks arrive in, which delta runs name their bases by. Without an
+    /// index, deltas still decode, but a run naming a base by position or prefix fails and is
+    /// recovered through the miss path.
     pub fn with_delta(mut self, index: Option<Arc<SketchIndex>>, stats: Arc<DeltaStats>) -> Self {
         self.index = index;
         self.delta_stats = stats;
@@ -81,6 +115,331 @@ impl FlowDecoder {
                 idx.insert(id, sk);
             }
         }
+    }
+
+    fn record_chain(&mut self, id: &WireId) {
+        if let Some(idx) = &self.index {
+            idx.record_chain(self.peer.index(), self.prev_id.as_ref(), id);
+        }
+        self.prev_id = Some(*id);
+    }
+
+    /// The id a run item names, resolved among chunks exchanged with this peer only.
+    fn resolve(&self, base: &BaseRef) -> Option<WireId> {
+        match base {
+            BaseRef::Id(id) => Some(*id),
+            BaseRef::Next(n) => {
+                let from = self.identity.as_ref()?;
+                self.index
+                    .as_ref()?
+                    .successor(self.peer.index(), from, *n as usize)
+            }
+            BaseRef::Prefix(p) => {
+                let mut a = [0u8; 32];
+                a[..p.len()].copy_from_slice(p);
+                self.index
+                    .as_ref()?
+                    .resolve_prefix(self.peer.index(), id_prefix(&a))
+            }
+        }
+    }
+
+    fn get_stored(&self, id: &WireId) -> Option<Bytes> {
+        match self.store.get(id, Some(self.peer)) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "chunk store read failed");
+                None
+            }
+        }
+    }
+
+    /// Rebuilds a run's chunks from their bases (each read through this peer's slot) and the
+    /// payload. `Ok(None)`: a base is missing or the payload does not decode (a miss, not an
+    /// error). Lengths beyond the caps are protocol errors.
+    fn rebuild_run(&mut self, items: &[RunItem], payload: &[u8]) -> Result<Option<Rebuilt>, Error> {
+        // Resolve every name first, moving `identity` exactly as the sender did.
+        let mut named = Vec::with_capacity(items.len());
+        let mut gaps: Vec<Vec<WireId>> = Vec::with_capacity(items.len());
+        let mut missing = 0u64;
+        for it in items {
+            let mut g = Vec::new();
+            if let (
+                RunItem::Delta {
+                    base: BaseRef::Next(n),
+                    ..
+                },
+                Some(from),
+                Some(idx),
+            ) = (it, self.identity, &self.index)
+            {
+                if (2..=RUN_GAP_STEPS).contains(n) {
+                    for k in 1..*n as usize {
+                        match idx.successor(self.peer.index(), &from, k) {
+                            Some(x) => g.push(x),
+                            None => missing += 1,
+                        }
+                    }
+                }
+            }
+            let r = self.resolve(it.base());
+            self.identity = r;
+            if r.is_none() {
+                missing += 1;
+            }
+            named.push(r);
+            gaps.push(g);
+        }
+        if missing > 0 {
+            self.stats.misses.fetch_add(missing, Relaxed);
+            let d = items.iter().zip(&named);
+            let delta_missing = d
+                .filter(|(it, r)| matches!(it, RunItem::Delta { .. }) && r.is_none())
+                .count();
+            DeltaStats::add(&self.delta_stats.base_misses, delta_missing as u64);
+            return Ok(None);
+        }
+        // Load bases; grown from what the store returns, never sized from the frame.
+        let mut prefix = Vec::new();
+        let mut loaded: Vec<(WireId, Bytes)> = Vec::new();
+        let mut parts: Vec<(WireId, Option<Bytes>, usize)> = Vec::with_capacity(items.len());
+        let mut total = 0usize;
+        for ((it, base), gaps) in items.iter().zip(named.iter().flatten()).zip(&gaps) {
+            for g in gaps {
+                if loaded.iter().any(|(id, _)| id == g) {
+                    continue;
+                }
+                let Some(data) = self.get_stored(g) else {
+                    self.stats.misses.fetch_add(1, Relaxed);
+                    DeltaStats::add(&self.delta_stats.base_misses, 1);
+                    return Ok(None);
+                };
+                if prefix.len() + data.len() > MAX_RUN_PREFIX_BYTES {
+                    return Err(Error::TooLong {
+                        len: prefix.len() + data.len(),
+                        max: MAX_RUN_PREFIX_BYTES,
+                    });
+                }
+                prefix.extend_from_slice(&data);
+                loaded.push((*g, data));
+            }
+            let data = match loaded.iter().find(|(id, _)| id == base) {
+                Some((_, b)) => Some(b.clone()),
+                None => self.get_stored(base),
+            };
+            let Some(data) = data else {
+                self.stats.misses.fetch_add(1, Relaxed);
+                if matches!(it, RunItem::Delta { .. }) {
+                    DeltaStats::add(&self.delta_stats.base_misses, 1);
+                }
+                return Ok(None);
+            };
+            match it {
+                RunItem::Same(_) => parts.push((*base, Some(data), 0)),
+                RunItem::Delta { len_diff, .. } => {
+                    let len = data.len() as i64 + i64::from(*len_diff);
+                    if len <= 0 || len as usize > MAX_CHUNK_LEN {
+                        return Err(Error::TooLong {
+                            len: len.max(0) as usize,
+                            max: MAX_CHUNK_LEN,
+                        });
+                    }
+                    total += len as usize;
+                    if total > MAX_RUN_DECODED_BYTES {
+                        return Err(Error::TooLong {
+                            len: total,
+                            max: MAX_RUN_DECODED_BYTES,
+                        });
+                    }
+                    if !loaded.iter().any(|(id, _)| id == base) {
+                        if prefix.len() + data.len() > MAX_RUN_PREFIX_BYTES {
+                            return Err(Error::TooLong {
+                                len: prefix.len() + data.len(),
+                                max: MAX_RUN_PREFIX_BYTES,
+                            });
+                        }
+                        prefix.extend_from_slice(&data);
+                        loaded.push((*base, data));
+                    }
+                    parts.push((*base, None, len as usize));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if total > 0 {
+            if let Err(e) = DeltaDecoder::new().decode(&prefix, payload, total, &mut out) {
+                tracing::warn!(error = %e, "delta run did not decode");
+                self.stats.verify_failures.fetch_add(1, Relaxed);
+                return Ok(None);
+            }
+        } else if !payload.is_empty() {
+            self.stats.verify_failures.fetch_add(1, Relaxed);
+            return Ok(None);
+        }
+        let out = Bytes::from(out);
+        let mut at = 0;
+        let mut rebuilt = Vec::with_capacity(parts.len());
+        for (base, same, len) in parts {
+            match same {
+                // The store verified these bytes against `base` on read.
+                Some(b) => rebuilt.push((base, b, false)),
+                None => {
+                    let b = out.slice(at..at + len);
+                    at += len;
+                    rebuilt.push((self.hasher.id(&b).0, b, true));
+                }
+            }
+        }
+        Ok(Some(rebuilt))
+    }
+
+    /// Wants a run's chunks (once while a want for the same digest is outstanding).
+    fn want_run(&mut self, digest: WireId, wants: &mut Vec<WireId>) -> Result<(), Error> {
+        if self.run_wants.contains(&digest) {
+            return Ok(());
+        }
+        let a = self.attempts.entry(digest).or_insert(0);
+        *a += 1;
+        if *a > MAX_VERIFY_ATTEMPTS {
+            return Err(Error::Corrupt {
+                id: short(&digest),
+                attempts: *a - 1,
+            });
+        }
+        DeltaStats::add(&self.delta_stats.run_failures, 1);
+        wants.push(digest);
+        self.run_wants.push_back(digest);
+        Ok(())
+    }
+
+    fn on_delta_run(
+        &mut self,
+        digest: WireId,
+        items: Vec<RunItem>,
+        payload: &[u8],
+        wants: &mut Vec<WireId>,
+    ) -> Result<(), Error> {
+        DeltaStats::add(&self.delta_stats.runs, 1);
+        let deltas = items
+            .iter()
+            .filter(|i| matches!(i, RunItem::Delta { .. }))
+            .count() as u64;
+        DeltaStats::add(&self.delta_stats.delta_chunks, deltas);
+        let prev = self.prev_id;
+        let rebuilt = match self.rebuild_run(&items, payload)? {
+            Some(r) if run_digest(&self.hasher, r.iter().map(|(id, _, _)| id)) == digest => Some(r),
+            Some(_) => {
+                self.stats.verify_failures.fetch_add(1, Relaxed);
+                None
+            }
+            None => None,
+        };
+        match rebuilt {
+            Some(chunks) => {
+                for (id, data, delta) in chunks {
+                    let len = data.len() as u32;
+                    if delta {
+                        if let Err(e) = self.store.put(&id, &data, self.peer) {
+                            tracing::warn!(error = %e, "chunk store write failed");
+                        }
+                        self.learn(&id, &data);
+                    } else {
+                        self.stats.ref_chunks.fetch_add(1, Relaxed);
+                        self.stats.dedup_saved_bytes.fetch_add(len as u64, Relaxed);
+                    }
+                    self.record_chain(&id);
+                    self.push_slot(Slot::Ready(data), len)?;
+                }
+            }
+            None => {
+                self.want_run(digest, wants)?;
+                let acct = items.len() as u64;
+                self.push_slot(
+                    Slot::Run(Box::new(WaitingRun {
+                        digest,
+                        count: items.len(),
+                        got: Vec::new(),
+                        prev,
+                        acct,
+                    })),
+                    acct as u32,
+                )?;
+                // The chunks are unknown until supplied: the next chunk has no predecessor.
+                self.prev_id = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// A supply answering a run want: the next chunk of the oldest run wanted.
+    fn on_run_supply(
+        &mut self,
+        id: WireId,
+        codec: u8,
+        len: u32,
+        payload: &Bytes,
+        wants: &mut Vec<WireId>,
+    ) -> Result<(), Error> {
+        let Some(digest) = self.run_wants.front().copied() else {
+            return Err(Error::UnrequestedSupply(short(&id)));
+        };
+        let data = self.decode_verified(&id, codec & !RUN_SUPPLY_FLAG, len, payload)?;
+        if data.is_none() {
+            self.stats.verify_failures.fetch_add(1, Relaxed);
+        }
+        let Some(run) = self.queue.iter_mut().find_map(|s| match s {
+            Slot::Run(r) if r.digest == digest => Some(r),
+            _ => None,
+        }) else {
+            return Err(Error::UnrequestedSupply(short(&id)));
+        };
+        run.got.push((id, data));
+        if run.got.len() < run.count {
+            return Ok(());
+        }
+        self.run_wants.pop_front();
+        let got = std::mem::take(&mut run.got);
+        let prev = run.prev;
+        let ok = got.iter().all(|(_, d)| d.is_some())
+            && run_digest(&self.hasher, got.iter().map(|(id, _)| id)) == digest;
+        if !ok {
+            return self.want_run(digest, wants);
+        }
+        self.attempts.remove(&digest);
+        let chunks: Vec<(WireId, Bytes)> = got
+            .into_iter()
+            .filter_map(|(id, d)| d.map(|d| (id, d)))
+            .collect();
+        let saved_prev = std::mem::replace(&mut self.prev_id, prev);
+        for (id, data) in &chunks {
+            if let Err(e) = self.store.put(id, data, self.peer) {
+                tracing::warn!(error = %e, "chunk store write failed");
+            }
+            self.learn(id, data);
+            self.record_chain(id);
+        }
+        self.prev_id = saved_prev;
+        // Every run waiting for this digest (the same chunks sent twice) is complete.
+        let mut i = 0;
+        while i < self.queue.len() {
+            let acct = match &self.queue[i] {
+                Slot::Run(r) if r.digest == digest => r.acct,
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            self.queued_bytes -= acct;
+            let mut tail = self.queue.split_off(i);
+            tail.pop_front();
+            for (_, data) in &chunks {
+                let len = data.len() as u32;
+                self.push_slot(Slot::Ready(data.clone()), len)?;
+            }
+            i = self.queue.len();
+            self.queue.append(&mut tail);
+        }
+        Ok(())
     }
 
     /// The bases of a delta, concatenated in frame order, if this side holds every one of them
@@ -109,9 +468,11 @@ impl FlowDecoder {
         payload: &Bytes,
     ) -> Result<Option<Bytes>, Error> {
         let codec_id =
-            CodecId::try_from(codec & !NO_STORE_FLAG).map_err(|source| Error::Codec {
-                id: short(id),
-                source,
+            CodecId::try_from(codec & !(NO_STORE_FLAG | RUN_SUPPLY_FLAG)).map_err(|source| {
+                Error::Codec {
+                    id: short(id),
+                    source,
+                }
             })?;
         if codec_id == CodecId::Raw {
             // Raw chunks are delivered from the frame's own buffer: no copy.
@@ -181,6 +542,10 @@ impl FlowDecoder {
                 }
                 let store = codec & NO_STORE_FLAG == 0;
                 self.stats.literal_chunks.fetch_add(1, Relaxed);
+                self.identity = Some(id);
+                if store {
+                    self.record_chain(&id);
+                }
                 match self.decode_verified(&id, codec, len, &payload)? {
                     Some(data) => {
                         if store {
@@ -204,6 +569,8 @@ impl FlowDecoder {
                 }
                 for r in refs {
                     self.stats.ref_chunks.fetch_add(1, Relaxed);
+                    self.identity = Some(r.id);
+                    self.record_chain(&r.id);
                     let found = match self.store.get(&r.id, Some(self.peer)) {
                         Ok(Some(b)) if b.len() == r.len as usize => Some(b),
                         Ok(_) => None,
@@ -251,6 +618,8 @@ impl FlowDecoder {
                     });
                 }
                 DeltaStats::add(&self.delta_stats.delta_chunks, 1);
+                self.identity = Some(id);
+                self.record_chain(&id);
                 let rebuilt = match self.load_bases(&bases) {
                     None => {
                         // A base this side lacks (evicted, wiped, or never given by this peer):
@@ -296,6 +665,24 @@ impl FlowDecoder {
                         )?;
                     }
                 }
+            }
+            Frame::DeltaRun {
+                digest,
+                items,
+                payload,
+            } => {
+                if self.ended {
+                    return Err(Error::DataAfterEnd);
+                }
+                self.on_delta_run(digest, items, &payload, wants)?;
+            }
+            Frame::Supply {
+                id,
+                codec,
+                len,
+                payload,
+            } if codec & RUN_SUPPLY_FLAG != 0 => {
+                self.on_run_supply(id, codec, len, &payload, wants)?;
             }
             Frame::Supply {
                 id,
@@ -389,6 +776,9 @@ impl FlowDecoder {
 
     /// Whether the head of the queue waits for a supplied chunk.
     pub fn is_waiting(&self) -> bool {
-        matches!(self.queue.front(), Some(Slot::Waiting { .. }))
+        matches!(
+            self.queue.front(),
+            Some(Slot::Waiting { .. } | Slot::Run(_))
+        )
     }
 }

@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub use strait_sketch::{IndexStats, SketchIndex, DEFAULT_INDEX_BYTES};
 
-/// Default most bases per delta-coded chunk.
+/// Default `max_bases`: with delta runs every chunk has one base (the run's other bases are in
+/// its prefix too); this bounds how many candidates are considered (twice this many).
 pub const DEFAULT_MAX_BASES: u8 = 2;
 /// Super-features a candidate from the shared index must share with the chunk. One shared
 /// super-feature is often structure (JSON keys) that every chunk of a file has; two make a
@@ -18,7 +19,9 @@ pub struct DeltaConfig {
     /// Send near-duplicates as deltas against chunks the peer holds. Needs `dedup` on and an
     /// index attached with [`crate::FlowEncoder::with_delta`].
     pub enabled: bool,
-    /// Most base chunks per delta (1..=[`strait_wire::MAX_DELTA_BASES`]; clamped).
+    /// Candidate bases considered per chunk: twice this (1..=[`strait_wire::MAX_DELTA_BASES`];
+    /// clamped). Each chunk of a delta run names one base; the run's other bases are in its
+    /// zstd prefix as well.
     pub max_bases: u8,
     /// Memory bound of the process's sketch index, used when building it with
     /// [`SketchIndex::new`] (the index is shared by all flows; encoders do not read this).
@@ -49,6 +52,11 @@ pub struct DeltaStats {
     pub rejected: AtomicU64,
     /// Receiver: deltas whose base was missing here (recovered through `Want`/`Supply`).
     pub base_misses: AtomicU64,
+    /// Delta runs sent (sender) or received (receiver); each carries one or more deltas.
+    pub runs: AtomicU64,
+    /// Receiver: runs that failed verification as a whole (a wrong or missing base, a corrupt
+    /// payload) and were re-requested.
+    pub run_failures: AtomicU64,
 }
 
 impl DeltaStats {

@@ -1,6 +1,10 @@
 //! The sending half: client bytes → frames.
 
 use crate::delta::{DeltaConfig, DeltaStats, MAX_BASE_HINTS, MIN_SHARED_SUPER_FEATURES};
+use crate::run::{
+    run_digest, Building, Planned, SentRun, RUN_GAP_STEPS, RUN_MAX_DELTA_BYTES, RUN_MAX_ITEMS,
+    RUN_MAX_PREFIX_BYTES, RUN_SUPPLY_FLAG,
+};
 use crate::{short, Error, NO_STORE_FLAG, REF_BATCH};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -9,9 +13,9 @@ use std::sync::Arc;
 use strait_admin::RouteStats;
 use strait_chunk::{ChunkHasher, ChunkId, Chunker, ChunkerConfig};
 use strait_codec::CompressConfig;
-use strait_sketch::{sketch, DeltaEncoder, Sketch, SketchIndex};
+use strait_sketch::{id_prefix, sketch, DeltaEncoder, Sketch, SketchIndex};
 use strait_store::{PeerSlot, Store};
-use strait_wire::{ChunkRef, Frame, WireId, DELTA_ZSTD_PREFIX, MAX_DELTA_BASES};
+use strait_wire::{BaseRef, ChunkRef, Frame, RunItem, WireId, BASE_PREFIX_LEN, MAX_NEXT_STEPS};
 
 /// Settings of one sending direction.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +63,16 @@ struct Delta {
     hints: Vec<(WireId, Sketch)>,
     prefix: Vec<u8>,
     payload: Vec<u8>,
+    output: Vec<u8>,
+    /// The open run, if any: while it is open every chunk joins it or closes it.
+    run: Option<Building>,
+}
+
+/// A chunk chosen for a run's `Delta` item.
+struct DeltaPlan {
+    base: WireId,
+    base_data: Bytes,
+    literal_cost: usize,
 }
 
 /// Encodes one direction of one flow.
@@ -75,6 +89,14 @@ pub struct FlowEncoder {
     refs: Vec<ChunkRef>,
     unacked: VecDeque<Held>,
     delta: Option<Delta>,
+    /// Stream order is recorded here (sender and receiver record the same streams).
+    chain: Option<Arc<SketchIndex>>,
+    /// Last chunk id emitted (stream order), for the chain.
+    prev_id: Option<WireId>,
+    /// The last chunk's identity for `BaseRef::Next`: a reference's or literal's own id, a
+    /// delta item's base.
+    identity: Option<WireId>,
+    runs: VecDeque<SentRun>,
     unacked_bytes: u64,
     sent_items: u64,
     acked_items: u64,
@@ -105,6 +127,10 @@ impl FlowEncoder {
             refs: Vec::new(),
             unacked: VecDeque::new(),
             delta: None,
+            chain: None,
+            prev_id: None,
+            identity: None,
+            runs: VecDeque::new(),
             unacked_bytes: 0,
             sent_items: 0,
             acked_items: 0,
@@ -116,8 +142,13 @@ impl FlowEncoder {
 
     /// Turns on delta compression (when `cfg.delta.enabled` and `cfg.dedup`): near-duplicate
     /// chunks are looked up in `index` (shared by all flows of the process, fed by every chunk
-    /// this encoder sends) and counted into `stats`.
+    /// this encoder sends) and counted into `stats`. With `cfg.dedup`, the order chunks cross in
+    /// is recorded into `index` even with delta off, so a later flow with delta on can name
+    /// bases compactly (the receiver records the same order).
     pub fn with_delta(mut self, index: Arc<SketchIndex>, stats: Arc<DeltaStats>) -> Self {
+        if self.cfg.dedup {
+            self.chain = Some(index.clone());
+        }
         if self.cfg.delta.enabled && self.cfg.dedup {
             let level = self
                 .cfg
@@ -131,6 +162,8 @@ impl FlowEncoder {
                 hints: Vec::new(),
                 prefix: Vec::new(),
                 payload: Vec::new(),
+                output: Vec::new(),
+                run: None,
             });
         }
         self
@@ -220,9 +253,14 @@ impl FlowEncoder {
         }
     }
 
-    /// Whether a partial chunk or pending references wait for [`FlowEncoder::flush`].
+    /// Whether a partial chunk, pending references or an open delta run wait for
+    /// [`FlowEncoder::flush`].
     pub fn has_pending(&self) -> bool {
-        !self.partial.is_empty() || !self.refs.is_empty()
+        !self.partial.is_empty() || !self.refs.is_empty() || self.run_open()
+    }
+
+    fn run_open(&self) -> bool {
+        self.delta.as_ref().is_some_and(|d| d.run.is_some())
     }
 
     /// Sends the partial chunk now (the client went idle for the flush delay) and emits pending
@@ -233,6 +271,7 @@ impl FlowEncoder {
             let chunk = Bytes::from(std::mem::take(&mut self.partial));
             self.emit_chunk(chunk, out);
         }
+        self.close_run(out);
         self.emit_refs(out);
     }
 
@@ -279,12 +318,23 @@ impl FlowEncoder {
             }
             self.acked_items += 1;
         }
+        while self
+            .runs
+            .front()
+            .is_some_and(|r| r.first + r.count as u64 <= self.acked_items)
+        {
+            self.runs.pop_front();
+        }
         Ok(())
     }
 
     /// The peer lacks these chunks: supply them from what this flow holds.
     pub fn on_want(&mut self, ids: &[WireId], out: &mut BytesMut) -> Result<(), Error> {
         for id in ids {
+            if let Some(run) = self.runs.iter().find(|r| r.digest == *id).copied() {
+                self.supply_run(run, out)?;
+                continue;
+            }
             let Some(held) = self.unacked.iter().find(|h| h.id == *id) else {
                 return Err(Error::UnknownWant(short(id)));
             };
@@ -315,16 +365,109 @@ impl FlowEncoder {
         Ok(())
     }
 
+    /// Supplies every chunk of a run, in order, flagged as answering a run want.
+    fn supply_run(&mut self, run: SentRun, out: &mut BytesMut) -> Result<(), Error> {
+        let Some(start) = run.first.checked_sub(self.acked_items) else {
+            return Err(Error::UnknownWant(short(&run.digest)));
+        };
+        let start = start as usize;
+        if start + run.count > self.unacked.len() {
+            return Err(Error::UnknownWant(short(&run.digest)));
+        }
+        for k in start..start + run.count {
+            let held = &self.unacked[k];
+            let (id, data) = (held.id, held.data.clone());
+            // As for a single chunk: whatever the receiver lacked, stop naming it (a Same item's
+            // base is the chunk itself and is marked again below, once supplied).
+            self.store.forget_peer(&id, self.peer);
+            for b in held.bases.iter().flat_map(|b| b.iter()) {
+                self.store.forget_peer(b, self.peer);
+            }
+            self.scratch.clear();
+            let codec = self.codec.encode(&data, &mut self.scratch);
+            Frame::encode_chunk(
+                out,
+                true,
+                &id,
+                u8::from(codec) | RUN_SUPPLY_FLAG,
+                data.len() as u32,
+                &self.scratch,
+            );
+            let _ = self.store.mark_peer(&id, self.peer);
+        }
+        Ok(())
+    }
+
     fn emit_refs(&mut self, out: &mut BytesMut) {
         if !self.refs.is_empty() {
             Frame::Refs(std::mem::take(&mut self.refs)).encode(out);
         }
     }
 
+    fn record_chain(&mut self, id: &WireId) {
+        if let Some(c) = &self.chain {
+            c.record_chain(self.peer.index(), self.prev_id.as_ref(), id);
+        }
+        self.prev_id = Some(*id);
+    }
+
+    /// The most compact name of `base` the receiver can resolve from what it recorded.
+    fn base_ref(&self, base: &WireId) -> BaseRef {
+        self.base_ref_with(base, true)
+    }
+
+    /// The name of a `Delta` item's base and the chunks it skips (see [`RUN_GAP_STEPS`]); a
+    /// skipped chunk this side cannot read for the peer rules out naming by position.
+    fn delta_base_ref(&self, base: &WireId) -> (BaseRef, Vec<(WireId, Bytes)>) {
+        let r = self.base_ref(base);
+        let (BaseRef::Next(n), Some(c), Some(from)) = (r, &self.chain, &self.identity) else {
+            return (r, Vec::new());
+        };
+        if !(2..=RUN_GAP_STEPS).contains(&n) {
+            return (r, Vec::new());
+        }
+        let mut gaps = Vec::with_capacity(n as usize - 1);
+        for k in 1..n as usize {
+            let gap = c
+                .successor(self.peer.index(), from, k)
+                .filter(|g| self.store.peer_has(g, self.peer))
+                .and_then(|g| match self.store.get(&g, Some(self.peer)) {
+                    Ok(Some(b)) => Some((g, b)),
+                    _ => None,
+                });
+            match gap {
+                Some(g) => gaps.push(g),
+                None => return (self.base_ref_with(base, false), Vec::new()),
+            }
+        }
+        (r, gaps)
+    }
+
+    fn base_ref_with(&self, base: &WireId, by_position: bool) -> BaseRef {
+        let Some(c) = &self.chain else {
+            return BaseRef::Id(*base);
+        };
+        let peer = self.peer.index();
+        if let (true, Some(from)) = (by_position, &self.identity) {
+            if let Some(n) = c.chain_distance(peer, from, base) {
+                if n <= MAX_NEXT_STEPS as usize {
+                    return BaseRef::Next(n as u8);
+                }
+            }
+        }
+        if c.resolve_prefix(peer, id_prefix(base)) == Some(*base) {
+            let mut p = [0u8; BASE_PREFIX_LEN];
+            p.copy_from_slice(&base[..BASE_PREFIX_LEN]);
+            return BaseRef::Prefix(p);
+        }
+        BaseRef::Id(*base)
+    }
+
     fn emit_chunk(&mut self, chunk: Bytes, out: &mut BytesMut) {
         let id = self.hasher.id(&chunk).0;
         let len = chunk.len();
         self.stats.logical_bytes.fetch_add(len as u64, Relaxed);
+        let mut in_run = false;
         let bases = if self.cfg.dedup && self.store.peer_has(&id, self.peer) {
             if let Some(d) = &self.delta {
                 // Chunks the peer already holds are bases too; after a restart the index is
@@ -335,33 +478,85 @@ impl FlowEncoder {
                     }
                 }
             }
-            self.refs.push(ChunkRef {
-                id,
-                len: len as u32,
-            });
+            if self.run_open() {
+                // Inside a run a known chunk costs a byte or so instead of a 36-byte reference.
+                let item = RunItem::Same(self.base_ref(&id));
+                self.push_planned(
+                    Planned {
+                        id,
+                        item,
+                        base: id,
+                        delta: None,
+                        gaps: Vec::new(),
+                        alone_cost: ID_REF_COST,
+                    },
+                    len,
+                );
+                in_run = true;
+            } else {
+                self.refs.push(ChunkRef {
+                    id,
+                    len: len as u32,
+                });
+            }
             self.stats.ref_chunks.fetch_add(1, Relaxed);
             self.stats.dedup_saved_bytes.fetch_add(len as u64, Relaxed);
+            self.identity = Some(id);
             None
         } else {
-            self.emit_refs(out);
             self.scratch.clear();
             let codec = self.codec.encode(&chunk, &mut self.scratch);
             self.stats
                 .compression_saved_bytes
                 .fetch_add(len.saturating_sub(self.scratch.len()) as u64, Relaxed);
-            let bases = self.try_delta(&id, &chunk, out);
-            if bases.is_none() {
-                let flag = if self.cfg.dedup { 0 } else { NO_STORE_FLAG };
-                Frame::encode_chunk(
-                    out,
-                    false,
-                    &id,
-                    u8::from(codec) | flag,
-                    len as u32,
-                    &self.scratch,
-                );
-                self.stats.literal_chunks.fetch_add(1, Relaxed);
-            }
+            let bases = match self.try_delta(&id, &chunk) {
+                Some(plan) => {
+                    if !self.run_open() {
+                        self.emit_refs(out);
+                        if let Some(d) = self.delta.as_mut() {
+                            d.run = Some(Building {
+                                chain_prev: self.prev_id,
+                                ..Building::default()
+                            });
+                        }
+                    }
+                    let (base, gaps) = self.delta_base_ref(&plan.base);
+                    let item = RunItem::Delta {
+                        base,
+                        len_diff: len as i32 - plan.base_data.len() as i32,
+                    };
+                    self.push_planned(
+                        Planned {
+                            id,
+                            item,
+                            base: plan.base,
+                            delta: Some((chunk.clone(), plan.base_data)),
+                            gaps,
+                            alone_cost: plan.literal_cost,
+                        },
+                        len,
+                    );
+                    in_run = true;
+                    self.identity = Some(plan.base);
+                    Some(Box::from([plan.base]))
+                }
+                None => {
+                    self.close_run(out);
+                    self.emit_refs(out);
+                    let flag = if self.cfg.dedup { 0 } else { NO_STORE_FLAG };
+                    Frame::encode_chunk(
+                        out,
+                        false,
+                        &id,
+                        u8::from(codec) | flag,
+                        len as u32,
+                        &self.scratch,
+                    );
+                    self.stats.literal_chunks.fetch_add(1, Relaxed);
+                    self.identity = Some(id);
+                    None
+                }
+            };
             if self.cfg.dedup {
                 if let Err(e) = self.store.put(&id, &chunk, self.peer) {
                     // Not fatal: without the entry this chunk is simply never referenced.
@@ -370,6 +565,11 @@ impl FlowEncoder {
             }
             bases
         };
+        if !in_run && self.cfg.dedup {
+            // Run items are recorded when the run closes: the receiver can only record them
+            // once it has rebuilt them, and base names inside a run must resolve the same way.
+            self.record_chain(&id);
+        }
         self.unacked_bytes += len as u64;
         self.unacked.push_back(Held {
             id,
@@ -377,92 +577,227 @@ impl FlowEncoder {
             bases,
         });
         self.sent_items += 1;
+        if self.run_full() {
+            self.close_run(out);
+        }
     }
 
-    /// Sends `chunk` as a `Delta` frame when a base the peer holds makes it smaller than the
-    /// literal in `self.scratch`; returns the bases used. Also indexes the chunk's sketch.
-    fn try_delta(
-        &mut self,
-        id: &WireId,
-        chunk: &[u8],
-        out: &mut BytesMut,
-    ) -> Option<Box<[WireId]>> {
+    fn push_planned(&mut self, p: Planned, len: usize) {
+        let Some(run) = self.delta.as_mut().and_then(|d| d.run.as_mut()) else {
+            return;
+        };
+        if let Some((data, base)) = &p.delta {
+            run.delta_bytes += data.len();
+            for (g, b) in &p.gaps {
+                if !run.in_prefix(g)
+                    && !p
+                        .gaps
+                        .iter()
+                        .take_while(|(x, _)| x != g)
+                        .any(|(x, _)| x == g)
+                {
+                    run.prefix_bytes += b.len();
+                }
+            }
+            if !run.in_prefix(&p.base) && !p.gaps.iter().any(|(g, _)| *g == p.base) {
+                run.prefix_bytes += base.len();
+            }
+        }
+        run.logical_bytes += len as u64;
+        run.items.push(p);
+    }
+
+    /// Whether the open run must close now: item or byte bounds, or half the flow window (its
+    /// items are unacknowledged but not yet sent; the window must never fill with them alone).
+    fn run_full(&self) -> bool {
+        let Some(run) = self.delta.as_ref().and_then(|d| d.run.as_ref()) else {
+            return false;
+        };
+        let max_chunk = self.cfg.chunker.max();
+        run.items.len() >= RUN_MAX_ITEMS
+            || run.delta_bytes + max_chunk > RUN_MAX_DELTA_BYTES
+            || run.prefix_bytes + max_chunk > RUN_MAX_PREFIX_BYTES
+            || run.logical_bytes + max_chunk as u64 >= self.cfg.window / 2
+    }
+
+    /// Sends the open run, if any, as one `DeltaRun` frame.
+    fn close_run(&mut self, out: &mut BytesMut) {
+        let Some(d) = self.delta.as_mut() else {
+            return;
+        };
+        let Some(run) = d.run.take() else {
+            return;
+        };
+        d.prefix.clear();
+        d.output.clear();
+        let mut used: Vec<&WireId> = Vec::new();
+        for p in &run.items {
+            if let Some((data, base)) = &p.delta {
+                for (g, b) in p.gaps.iter().map(|(g, b)| (g, b)).chain([(&p.base, base)]) {
+                    if !used.contains(&g) {
+                        used.push(g);
+                        d.prefix.extend_from_slice(b);
+                    }
+                }
+                d.output.extend_from_slice(data);
+            }
+        }
+        d.payload.clear();
+        if !d.output.is_empty() {
+            if let Err(e) = d.coder.encode(&d.prefix, &d.output, &mut d.payload) {
+                // Not expected (bounds are checked before); never send what might not decode.
+                tracing::warn!(error = %e, "delta run encode failed; sending its chunks alone");
+                let n = run.items.len();
+                self.send_alone(run.items, out);
+                self.chain_run_ids(run.chain_prev, n);
+                return;
+            }
+        }
+        let digest = run_digest(&self.hasher, run.items.iter().map(|p| &p.id));
+        let items: Vec<RunItem> = run.items.iter().map(|p| p.item).collect();
+        Frame::encode_delta_run(out, &digest, &items, &d.payload);
+        let frame_len = Frame::delta_run_overhead(&items) + d.payload.len();
+        let alone: usize = run.items.iter().map(|p| p.alone_cost).sum();
+        let deltas = run.items.iter().filter(|p| p.delta.is_some()).count() as u64;
+        DeltaStats::add(&d.stats.delta_chunks, deltas);
+        DeltaStats::add(&d.stats.runs, 1);
+        DeltaStats::add(
+            &d.stats.delta_saved_bytes,
+            alone.saturating_sub(frame_len) as u64,
+        );
+        let n = run.items.len();
+        self.runs.push_back(SentRun {
+            digest,
+            first: self.sent_items - n as u64,
+            count: n,
+        });
+        self.chain_run_ids(run.chain_prev, n);
+    }
+
+    /// Records the last `n` items sent (a run just closed) into the chain, after `prev`.
+    fn chain_run_ids(&mut self, prev: Option<WireId>, n: usize) {
+        if !self.cfg.dedup {
+            return;
+        }
+        self.prev_id = prev;
+        let from = self.unacked.len().saturating_sub(n);
+        for k in from..self.unacked.len() {
+            let id = self.unacked[k].id;
+            self.record_chain(&id);
+        }
+    }
+
+    /// Fallback: the run's chunks as literals and references, in order.
+    fn send_alone(&mut self, items: Vec<Planned>, out: &mut BytesMut) {
+        for p in items {
+            match p.delta {
+                Some((data, _)) => {
+                    self.scratch.clear();
+                    let codec = self.codec.encode(&data, &mut self.scratch);
+                    Frame::encode_chunk(
+                        out,
+                        false,
+                        &p.id,
+                        u8::from(codec),
+                        data.len() as u32,
+                        &self.scratch,
+                    );
+                }
+                None => {
+                    let len = self
+                        .unacked
+                        .iter()
+                        .rev()
+                        .find(|h| h.id == p.id)
+                        .map_or(0, |h| h.data.len() as u32);
+                    Frame::Refs(vec![ChunkRef { id: p.id, len }]).encode(out);
+                }
+            }
+        }
+    }
+
+    /// Picks a base for `chunk` that the peer holds and that makes its delta smaller than the
+    /// literal in `self.scratch`: the successor of the previous chunk's base when the sketches
+    /// agree (or nothing else resembles it), else the most resembling candidate. Also indexes
+    /// the chunk's sketch.
+    fn try_delta(&mut self, id: &WireId, chunk: &[u8]) -> Option<DeltaPlan> {
+        let predicted = match (&self.chain, &self.identity) {
+            (Some(c), Some(from)) => c.successor(self.peer.index(), from, 1),
+            _ => None,
+        };
         let d = self.delta.as_mut()?;
-        let sk = sketch(chunk)?;
-        let max_bases = (self.cfg.delta.max_bases as usize).clamp(1, MAX_DELTA_BASES);
-        // Hints first (the previous version of the same object), then the shared index.
-        let mut cands: Vec<(WireId, usize)> = Vec::with_capacity(max_bases * 2);
-        for (h, hsk) in &d.hints {
-            let n = sk.shared(hsk);
-            if n > 0 && h != id {
-                cands.push((*h, n + strait_sketch::SUPER_FEATURES));
-            }
-        }
-        for c in d
-            .index
-            .candidates(&sk, MIN_SHARED_SUPER_FEATURES, max_bases * 2, id)
-        {
-            if !cands.iter().any(|(x, _)| *x == c.0) {
-                cands.push(c);
-            }
-        }
-        d.index.insert(id, sk);
-        if cands.is_empty() {
+        if chunk.len() > RUN_MAX_DELTA_BYTES / 2 {
             return None;
         }
-        cands.sort_by_key(|c| std::cmp::Reverse(c.1));
-        let mut bases: Vec<ChunkRef> = Vec::with_capacity(max_bases);
-        let mut datas: Vec<Bytes> = Vec::with_capacity(max_bases);
-        for (cid, _) in cands {
-            if bases.len() == max_bases {
-                break;
+        let max_cands =
+            (self.cfg.delta.max_bases as usize).clamp(1, strait_wire::MAX_DELTA_BASES) * 2;
+        let mut cands: Vec<(WireId, usize)> = Vec::with_capacity(max_cands + 1);
+        if let Some(sk) = sketch(chunk) {
+            // Hints first (the previous version of the same object), then the shared index.
+            for (h, hsk) in &d.hints {
+                let n = sk.shared(hsk);
+                if n > 0 && h != id {
+                    cands.push((*h, n + strait_sketch::SUPER_FEATURES));
+                }
             }
+            for c in d
+                .index
+                .candidates(&sk, MIN_SHARED_SUPER_FEATURES, max_cands, id)
+            {
+                if !cands.iter().any(|(x, _)| *x == c.0) {
+                    cands.push(c);
+                }
+            }
+            d.index.insert(id, sk);
+            cands.sort_by_key(|c| std::cmp::Reverse(c.1));
+        }
+        // The predicted base costs one byte to name and usually is the previous version of this
+        // very chunk: prefer it when it is a candidate, try it when nothing else is.
+        if let Some(p) = predicted.filter(|p| p != id) {
+            match cands.iter().position(|(c, _)| *c == p) {
+                Some(i) => {
+                    let c = cands.remove(i);
+                    cands.insert(0, c);
+                }
+                None if cands.is_empty() => cands.push((p, 0)),
+                None => {}
+            }
+        }
+        let mut chosen = None;
+        for (cid, _) in cands {
             // Isolation: only a chunk this peer sent or received, read with its slot.
             if !self.store.peer_has(&cid, self.peer) {
                 continue;
             }
             if let Ok(Some(b)) = self.store.get(&cid, Some(self.peer)) {
-                bases.push(ChunkRef {
-                    id: cid,
-                    len: b.len() as u32,
-                });
-                datas.push(b);
+                if b.len() <= RUN_MAX_PREFIX_BYTES / 2 {
+                    chosen = Some((cid, b));
+                    break;
+                }
             }
         }
-        if bases.is_empty() {
-            return None;
-        }
-        // Best base last: zstd codes recent (nearby) offsets cheapest.
-        bases.reverse();
-        datas.reverse();
-        d.prefix.clear();
-        for b in &datas {
-            d.prefix.extend_from_slice(b);
-        }
+        let (base, base_data) = chosen?;
         DeltaStats::add(&d.stats.attempts, 1);
-        if let Err(e) = d.coder.encode(&d.prefix, chunk, &mut d.payload) {
+        // A trial against this base alone: the run codes it in fewer bytes still (shared
+        // tables, repeated offsets), so a delta that beats the literal here is worth it.
+        if let Err(e) = d.coder.encode(&base_data, chunk, &mut d.payload) {
             tracing::warn!(error = %e, "delta encode failed");
             return None;
         }
-        let delta_size = Frame::delta_overhead(bases.len()) + d.payload.len();
-        let literal_size = Frame::literal_overhead() + self.scratch.len();
-        if delta_size >= literal_size {
+        let literal_cost = Frame::literal_overhead() + self.scratch.len();
+        if d.payload.len() + TRIAL_ITEM_COST >= literal_cost {
             DeltaStats::add(&d.stats.rejected, 1);
             return None;
         }
-        Frame::encode_delta(
-            out,
-            id,
-            DELTA_ZSTD_PREFIX,
-            chunk.len() as u32,
-            &bases,
-            &d.payload,
-        );
-        DeltaStats::add(&d.stats.delta_chunks, 1);
-        DeltaStats::add(
-            &d.stats.delta_saved_bytes,
-            (literal_size - delta_size) as u64,
-        );
-        Some(bases.iter().map(|b| b.id).collect())
+        Some(DeltaPlan {
+            base,
+            base_data,
+            literal_cost,
+        })
     }
 }
+
+/// What a chunk reference costs in a `Refs` frame (for the savings counter).
+const ID_REF_COST: usize = strait_wire::ID_LEN + 4;
+/// Frame and naming bytes a run item adds to a trial delta, for the literal comparison.
+const TRIAL_ITEM_COST: usize = 4;

@@ -23,10 +23,17 @@
 //!   listing the sending peer. A missing base makes the chunk a miss (`Want` → `Supply` of the
 //!   whole chunk from the sender's unacknowledged queue); rebuilt bytes are verified like any
 //!   other chunk.
+//! - With delta on, near-duplicate chunks (and the known chunks between them) cross as delta
+//!   runs ([`run`]): bases named by position in the order chunks crossed with this peer (a hint
+//!   from the shared index's chain, resolved only among chunks exchanged with this peer and read
+//!   through its store slot). The receiver hashes every rebuilt chunk and delivers nothing of a
+//!   run unless the digest of those ids matches; otherwise it wants the digest and the sender,
+//!   which holds the run's chunks until acknowledged, supplies each of them.
 
 mod decoder;
 pub mod delta;
 mod encoder;
+pub mod run;
 
 pub use decoder::FlowDecoder;
 pub use delta::{DeltaConfig, DeltaStats, SketchIndex};

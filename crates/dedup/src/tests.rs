@@ -63,6 +63,8 @@ fn transfer(
 /// Delta wiring for [`transfer_with`]: the sender's index, its counters and the receiver's.
 struct DeltaSetup {
     index: Arc<SketchIndex>,
+    /// The receiving process's index (its chain resolves compact base names).
+    rx_index: Option<Arc<SketchIndex>>,
     tx: Arc<DeltaStats>,
     rx: Arc<DeltaStats>,
     hints: Vec<strait_chunk::ChunkId>,
@@ -110,7 +112,7 @@ fn transfer_with(
     if let Some(d) = delta {
         enc = enc.with_delta(d.index.clone(), d.tx.clone());
         enc.add_base_hints(&d.hints);
-        dec = dec.with_delta(None, d.rx.clone());
+        dec = dec.with_delta(d.rx_index.clone(), d.rx.clone());
     }
     let mut out = Vec::new();
     let mut wire = BytesMut::new();
@@ -390,6 +392,7 @@ fn edited(seed: u64, data: &[u8], edits: usize) -> Vec<u8> {
 fn delta_setup(peer_name: &'static str) -> DeltaSetup {
     DeltaSetup {
         index: Arc::new(SketchIndex::new(1 << 20)),
+        rx_index: Some(Arc::new(SketchIndex::new(1 << 20))),
         tx: Arc::new(DeltaStats::default()),
         rx: Arc::new(DeltaStats::default()),
         hints: Vec::new(),
@@ -446,7 +449,9 @@ fn delta_with_a_missing_base_is_recovered_through_the_miss_path() {
     let (out, _) = transfer_with(&v2, &tx, &fresh, true, &rs(), &r, Some(&d), |_| {}).unwrap();
     assert_eq!(out, v2);
     assert!(load(&d.tx.delta_chunks) > 0);
-    assert_eq!(load(&d.rx.base_misses), load(&d.rx.delta_chunks));
+    // Every run lacked a base here: each failed as a whole and was supplied chunk by chunk.
+    assert!(load(&d.rx.base_misses) > 0);
+    assert_eq!(load(&d.rx.run_failures), load(&d.rx.runs));
     assert!(load(&r.misses) >= load(&d.rx.base_misses));
 }
 
@@ -461,6 +466,7 @@ fn a_base_only_another_peer_holds_is_never_used() {
     // Same index and store, but this flow is to "rx".
     let d2 = DeltaSetup {
         index: d.index.clone(),
+        rx_index: d.rx_index.clone(),
         tx: Arc::new(DeltaStats::default()),
         rx: Arc::new(DeltaStats::default()),
         hints: (0..4).map(|_| strait_chunk::ChunkId([0; 32])).collect(),
@@ -502,8 +508,8 @@ fn corrupted_delta_is_re_requested_never_delivered() {
     let r = rs();
     let mut flipped = 0;
     let (out, _) = transfer_with(&v2, &tx, &rx, true, &rs(), &r, Some(&d), |f| {
-        if let Frame::Delta { payload, .. } = f {
-            if flipped < 2 {
+        if let Frame::DeltaRun { payload, .. } = f {
+            if flipped < 2 && !payload.is_empty() {
                 let mut p = payload.to_vec();
                 let last = p.len() - 1;
                 p[last] ^= 0x40;
@@ -516,7 +522,216 @@ fn corrupted_delta_is_re_requested_never_delivered() {
     assert_eq!(out, v2);
     assert!(flipped > 0);
     assert_eq!(load(&r.verify_failures), flipped);
+    assert_eq!(load(&d.rx.run_failures), flipped);
 }
+
+/// v1 then an edited v2 through a fresh pair with delta on; returns the pair, setup and v2.
+fn delta_pair(seed: u64, len: usize, edits: usize) -> (Side, Side, DeltaSetup, Vec<u8>) {
+    let (tx, rx) = (side(), side());
+    let d = delta_setup("rx");
+    let v1 = data(seed, len);
+    transfer_with(&v1, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+    let v2 = edited(seed ^ 0x5a, &v1, edits);
+    (tx, rx, d, v2)
+}
+
+#[test]
+fn scattered_edits_cross_as_runs_with_compact_base_names() {
+    let (tx, rx, d, v2) = delta_pair(40, 400_000, 60);
+    let mut names = [0usize; 3];
+    let (out, _) = transfer_with(&v2, &tx, &rx, true, &rs(), &rs(), Some(&d), |f| {
+        if let Frame::DeltaRun { items, .. } = f {
+            for it in items.iter() {
+                match it.base() {
+                    strait_wire::BaseRef::Next(_) => names[0] += 1,
+                    strait_wire::BaseRef::Prefix(_) => names[1] += 1,
+                    strait_wire::BaseRef::Id(_) => names[2] += 1,
+                }
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(out, v2);
+    assert!(load(&d.tx.runs) > 0);
+    assert_eq!(load(&d.rx.runs), load(&d.tx.runs));
+    assert_eq!(load(&d.rx.run_failures), 0);
+    // Bases are named by position almost always (one byte instead of 36).
+    assert!(names[0] > 10 * (names[1] + names[2]), "names {names:?}");
+}
+
+#[test]
+fn a_wrongly_named_base_fails_the_run_digest_and_is_re_requested() {
+    let (tx, rx, d, v2) = delta_pair(41, 300_000, 40);
+    let r = rs();
+    let mut bent = 0;
+    let (out, _) = transfer_with(&v2, &tx, &rx, true, &rs(), &r, Some(&d), |f| {
+        if let Frame::DeltaRun { items, .. } = f {
+            if bent == 0 {
+                // Point the first delta item one chunk further along: a base the receiver holds,
+                // but the wrong one. The rebuilt bytes must not be delivered.
+                for it in items.iter_mut() {
+                    if let RunItemMut::Delta(b) = as_mut(it) {
+                        *b = match *b {
+                            strait_wire::BaseRef::Next(n) if n < 8 => {
+                                strait_wire::BaseRef::Next(n + 1)
+                            }
+                            _ => strait_wire::BaseRef::Id([9; 32]),
+                        };
+                        bent += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(out, v2);
+    assert_eq!(bent, 1);
+    assert_eq!(load(&d.rx.run_failures), 1);
+}
+
+enum RunItemMut<'a> {
+    Delta(&'a mut strait_wire::BaseRef),
+    Same,
+}
+
+fn as_mut(it: &mut strait_wire::RunItem) -> RunItemMut<'_> {
+    match it {
+        strait_wire::RunItem::Delta { base, .. } => RunItemMut::Delta(base),
+        strait_wire::RunItem::Same(_) => RunItemMut::Same,
+    }
+}
+
+#[test]
+fn a_run_corrupted_on_every_attempt_resets_the_flow() {
+    let (tx, rx, d, v2) = delta_pair(42, 200_000, 30);
+    let r = transfer_with(&v2, &tx, &rx, true, &rs(), &rs(), Some(&d), |f| match f {
+        Frame::DeltaRun { payload, .. } | Frame::Supply { payload, .. } if !payload.is_empty() => {
+            let mut p = payload.to_vec();
+            p[0] ^= 1;
+            *payload = p.into();
+        }
+        _ => {}
+    });
+    assert!(matches!(r, Err(Error::Corrupt { .. })), "{:?}", r.err());
+}
+
+#[test]
+fn a_receiver_without_a_chain_recovers_every_run_through_the_miss_path() {
+    let (tx, rx, mut d, v2) = delta_pair(43, 300_000, 40);
+    d.rx_index = None;
+    let (out, _) = transfer_with(&v2, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+    assert_eq!(out, v2);
+    assert!(load(&d.rx.runs) > 0);
+    assert_eq!(load(&d.rx.run_failures), load(&d.rx.runs));
+}
+
+fn lone_decoder(rx: &Side) -> FlowDecoder {
+    let peer = rx.store.peer_slot("tx").unwrap();
+    FlowDecoder::new(ChunkHasher::new(KEY), rx.store.clone(), peer, 1 << 20, rs()).with_delta(
+        Some(Arc::new(SketchIndex::new(1 << 20))),
+        Arc::new(DeltaStats::default()),
+    )
+}
+
+#[test]
+fn hostile_runs_are_rejected_with_named_errors_and_never_deliver() {
+    let rx = side();
+    let hasher = ChunkHasher::new(KEY);
+    let base = data(44, 5000);
+    let base_id = hasher.id(&base).0;
+    let peer = rx.store.peer_slot("tx").unwrap();
+    rx.store.put(&base_id, &base, peer).unwrap();
+    // A length difference making a chunk longer than any chunk may be.
+    let mut dec = lone_decoder(&rx);
+    let mut wants = Vec::new();
+    let f = Frame::DeltaRun {
+        digest: [1; 32],
+        items: vec![strait_wire::RunItem::Delta {
+            base: strait_wire::BaseRef::Id(base_id),
+            len_diff: strait_wire::MAX_CHUNK_LEN as i32,
+        }],
+        payload: bytes::Bytes::from_static(b"x"),
+    };
+    let e = dec.on_frame(f, &mut wants).unwrap_err();
+    assert!(matches!(e, Error::TooLong { .. }), "{e}");
+    assert!(dec.pop_ready().is_none());
+    // A run naming a chunk this peer never gave: wanted, nothing delivered; a run supply
+    // nobody asked for is a protocol error.
+    let mut dec = lone_decoder(&rx);
+    let mut wants = Vec::new();
+    let f = Frame::DeltaRun {
+        digest: [2; 32],
+        items: vec![strait_wire::RunItem::Same(strait_wire::BaseRef::Id(
+            [3; 32],
+        ))],
+        payload: bytes::Bytes::new(),
+    };
+    dec.on_frame(f, &mut wants).unwrap();
+    assert_eq!(wants, vec![[2; 32]]);
+    assert!(dec.pop_ready().is_none());
+    assert!(dec.is_waiting());
+    // The supply answering it carries bytes whose ids do not hash to the digest: not delivered.
+    let supply = Frame::Supply {
+        id: base_id,
+        codec: crate::run::RUN_SUPPLY_FLAG,
+        len: base.len() as u32,
+        payload: base.clone().into(),
+    };
+    let mut wants = Vec::new();
+    dec.on_frame(supply.clone(), &mut wants).unwrap();
+    assert!(dec.pop_ready().is_none());
+    assert_eq!(wants, vec![[2; 32]]);
+    let mut dec = lone_decoder(&rx);
+    let e = dec.on_frame(supply, &mut Vec::new()).unwrap_err();
+    assert!(matches!(e, Error::UnrequestedSupply(_)), "{e}");
+}
+
+#[test]
+fn encoder_answers_a_run_want_with_every_chunk_in_order_and_rejects_unknown_digests() {
+    let (tx, rx, d, v2) = delta_pair(45, 200_000, 30);
+    let hasher = ChunkHasher::new(KEY);
+    let peer = tx.store.peer_slot("rx").unwrap();
+    let cfg = EncoderConfig {
+        chunker: small_chunks(),
+        window: 1 << 20,
+        ..EncoderConfig::default()
+    };
+    let mut enc = FlowEncoder::new(cfg, hasher.clone(), tx.store.clone(), peer, rs())
+        .with_delta(d.index.clone(), d.tx.clone());
+    let mut wire = BytesMut::new();
+    enc.push(&v2, &mut wire);
+    enc.finish(&mut wire);
+    let (frames, rest) = strait_wire::decode_all(&wire).unwrap();
+    assert_eq!(rest, 0);
+    let run = frames.iter().find_map(|f| match f {
+        Frame::DeltaRun { digest, items, .. } => Some((*digest, items.len())),
+        _ => None,
+    });
+    let (digest, n) = run.expect("no delta run was sent");
+    let mut out = BytesMut::new();
+    enc.on_want(&[digest], &mut out).unwrap();
+    let (supplies, _) = strait_wire::decode_all(&out).unwrap();
+    assert_eq!(supplies.len(), n);
+    let ids: Vec<WireIdT> = supplies
+        .iter()
+        .map(|f| match f {
+            Frame::Supply { id, codec, .. } => {
+                assert_ne!(codec & crate::run::RUN_SUPPLY_FLAG, 0);
+                *id
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(crate::run::run_digest(&hasher, ids.iter()), digest);
+    assert!(matches!(
+        enc.on_want(&[[0xee; 32]], &mut out),
+        Err(Error::UnknownWant(_))
+    ));
+    drop(rx);
+}
+
+type WireIdT = strait_wire::WireId;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]

@@ -12,6 +12,9 @@ pub const MAX_PREFIX_LEN: usize = 4 * MAX_OUTPUT_LEN;
 /// Largest zstd window a delta frame may declare (prefix + output must fit in it).
 pub const MAX_WINDOW_LOG: u32 = 27;
 const MIN_WINDOW_LOG: u32 = 10;
+/// Prefix + data size from which long-distance matching is on: over a many-chunk prefix (a
+/// delta run) level 3's hash tables keep too few prefix positions to find every base region.
+pub const LDM_FROM: usize = 1 << 20;
 
 fn window_log(total: usize) -> u32 {
     let mut log = MIN_WINDOW_LOG;
@@ -63,6 +66,10 @@ impl DeltaEncoder {
             .map_err(zerr)?;
         cctx.set_parameter(CParameter::WindowLog(window_log(prefix.len() + data.len())))
             .map_err(zerr)?;
+        if prefix.len() + data.len() >= LDM_FROM {
+            cctx.set_parameter(CParameter::EnableLongDistanceMatching(true))
+                .map_err(zerr)?;
+        }
         cctx.set_parameter(CParameter::ContentSizeFlag(false))
             .map_err(zerr)?;
         cctx.set_parameter(CParameter::ChecksumFlag(false))

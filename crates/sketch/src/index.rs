@@ -6,6 +6,7 @@
 //! it. A chunk inserted again while in the older half of the ring is moved to the front (a
 //! second chance, like the chunk store's copy-forward), so bases in steady use stay.
 
+use crate::chain::{Chain, CHAIN_ENTRY_BYTES};
 use crate::{Sketch, SUPER_FEATURES};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -15,7 +16,8 @@ use std::sync::{Mutex, MutexGuard};
 /// hashbrown's control bytes at its typical ~2/3 load. [`IndexStats::bytes`] reports the
 /// measured figure.
 pub const ENTRY_BYTES: usize = 208;
-/// Default memory bound of a process's sketch index (≈ 320 k chunks, ≈ 20 GiB of 64 KiB chunks).
+/// Default memory bound of a process's sketch index, sketches and chains together (≈ 210 k
+/// chunks, ≈ 13 GiB of 64 KiB chunks).
 pub const DEFAULT_INDEX_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest accepted bound (below it the index is too small to find anything).
 pub const MIN_INDEX_BYTES: u64 = 64 * 1024;
@@ -41,6 +43,8 @@ struct Inner {
 pub struct IndexStats {
     /// Live entries (chunks with a sketch).
     pub entries: u64,
+    /// Live chain entries (chunks whose stream order is known, per peer).
+    pub chain_entries: u64,
     /// Heap bytes of the ring and maps, from their capacities.
     pub bytes: u64,
     /// Entry bound derived from the configured memory bound.
@@ -49,9 +53,11 @@ pub struct IndexStats {
     pub evictions: u64,
 }
 
-/// A bounded, thread-safe index of chunk sketches shared by every flow of a process.
+/// A bounded, thread-safe index of chunk sketches shared by every flow of a process, and of the
+/// order chunks crossed in per peer (see [`SketchIndex::record_chain`]).
 pub struct SketchIndex {
     inner: Mutex<Inner>,
+    chain: Mutex<Chain>,
     capacity: usize,
 }
 
@@ -62,9 +68,11 @@ fn key(id: &[u8; 32]) -> u128 {
 }
 
 impl SketchIndex {
-    /// An empty index using at most about `max_bytes` (clamped to at least [`MIN_INDEX_BYTES`]).
+    /// An empty index using at most about `max_bytes` (clamped to at least [`MIN_INDEX_BYTES`]),
+    /// split between as many sketch entries as chain entries.
     pub fn new(max_bytes: u64) -> Self {
-        let capacity = (max_bytes.max(MIN_INDEX_BYTES) / ENTRY_BYTES as u64) as usize;
+        let capacity =
+            (max_bytes.max(MIN_INDEX_BYTES) / (ENTRY_BYTES + CHAIN_ENTRY_BYTES) as u64) as usize;
         SketchIndex {
             inner: Mutex::new(Inner {
                 ring: VecDeque::new(),
@@ -73,6 +81,7 @@ impl SketchIndex {
                 by_sf: Default::default(),
                 evictions: 0,
             }),
+            chain: Mutex::new(Chain::new(capacity)),
             capacity,
         }
     }
@@ -81,6 +90,33 @@ impl SketchIndex {
         // A panic while holding the lock leaves maps that are at worst stale: candidates are
         // only hints, checked by the caller, so keep going.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn chain(&self) -> MutexGuard<'_, Chain> {
+        // Same reasoning as `lock`: chain answers are hints, verified by the caller.
+        self.chain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that chunk `id` crossed, to or from the peer in slot `peer`, right after `prev`
+    /// (`None` at the start of a stream or after a chunk whose id is unknown).
+    pub fn record_chain(&self, peer: u8, prev: Option<&[u8; 32]>, id: &[u8; 32]) {
+        self.chain().record(peer, prev, id);
+    }
+
+    /// The chunk `steps` (1..=[`crate::MAX_CHAIN_STEPS`]) places after `from` in the streams
+    /// exchanged with `peer`.
+    pub fn successor(&self, peer: u8, from: &[u8; 32], steps: usize) -> Option<[u8; 32]> {
+        self.chain().successor(peer, from, steps)
+    }
+
+    /// How many places after `from` chunk `to` came (at most [`crate::MAX_CHAIN_STEPS`]).
+    pub fn chain_distance(&self, peer: u8, from: &[u8; 32], to: &[u8; 32]) -> Option<usize> {
+        self.chain().distance(peer, from, to)
+    }
+
+    /// The chunk recorded for `peer` whose id starts with `prefix` ([`crate::id_prefix`]).
+    pub fn resolve_prefix(&self, peer: u8, prefix: u64) -> Option<[u8; 32]> {
+        self.chain().resolve(peer, prefix)
     }
 
     /// Records that chunk `id` has `sketch`.
@@ -154,11 +190,16 @@ impl SketchIndex {
         let ring = g.ring.capacity() * std::mem::size_of::<Slot>();
         let ids = g.by_id.capacity() * (16 + 8 + 1);
         let sfs: usize = g.by_sf.iter().map(|m| m.capacity() * (8 + 8 + 1)).sum();
+        let entries = g.by_id.len() as u64;
+        let evictions = g.evictions;
+        drop(g);
+        let chain = self.chain();
         IndexStats {
-            entries: g.by_id.len() as u64,
-            bytes: (ring + ids + sfs) as u64,
+            entries,
+            chain_entries: chain.len() as u64,
+            bytes: (ring + ids + sfs + chain.heap_bytes()) as u64,
             capacity: self.capacity as u64,
-            evictions: g.evictions,
+            evictions,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! sketch to chunk id, and the delta codec (zstd with base chunks as a raw-content prefix).
 //!
 //! Owns: how a chunk is summarised ([`sketch`]), which recently seen chunk resembles a new one
-//! ([`SketchIndex`]), and how a chunk is coded against base chunks ([`DeltaEncoder`],
-//! [`DeltaDecoder`]). Never does: I/O, clocks, knowledge of peers or stores. Whether a candidate
+//! ([`SketchIndex`]), the order chunks crossed in per peer (its chain, used to name bases in
+//! one byte), and how a chunk is coded against base chunks ([`DeltaEncoder`],
+//! [`DeltaDecoder`]). Never does: I/O, clocks, stores, or knowledge of peers beyond an opaque
+//! slot number keying the chain. Whether a candidate
 //! base may be used for a peer (isolation) and whether delta bytes hash to the chunk id
 //! (integrity) are decided by the caller (`strait-dedup`); this crate only proposes candidates
 //! and turns bytes into bytes.
@@ -25,9 +27,11 @@
 //! the middle. The sketch reads [`REGIONS`] × [`REGION_LEN`] = 3 KiB of a chunk, whatever its
 //! size.
 
+mod chain;
 mod delta;
 mod index;
 
+pub use chain::{id_prefix, CHAIN_ENTRY_BYTES, MAX_CHAIN_STEPS};
 pub use delta::{DeltaDecoder, DeltaEncoder, MAX_PREFIX_LEN, MAX_WINDOW_LOG};
 pub use index::{IndexStats, SketchIndex, DEFAULT_INDEX_BYTES, ENTRY_BYTES, MIN_INDEX_BYTES};
 

@@ -156,3 +156,39 @@ proptest! {
         prop_assert!(out.len() <= len + 1);
     }
 }
+
+fn cid(i: u32) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    a[..4].copy_from_slice(&i.to_le_bytes());
+    a[31] = 0xa5;
+    a
+}
+
+#[test]
+fn chain_follows_stream_order_per_peer_and_stays_bounded() {
+    let idx = SketchIndex::new(MIN_INDEX_BYTES);
+    let mut prev = None;
+    for i in 0..10 {
+        idx.record_chain(1, prev.as_ref(), &cid(i));
+        prev = Some(cid(i));
+    }
+    assert_eq!(idx.successor(1, &cid(2), 1), Some(cid(3)));
+    assert_eq!(idx.successor(1, &cid(2), 4), Some(cid(6)));
+    assert_eq!(idx.chain_distance(1, &cid(2), &cid(7)), Some(5));
+    assert_eq!(idx.resolve_prefix(1, id_prefix(&cid(4))), Some(cid(4)));
+    // Another peer saw none of it.
+    assert_eq!(idx.successor(2, &cid(2), 1), None);
+    assert_eq!(idx.resolve_prefix(2, id_prefix(&cid(4))), None);
+    assert_eq!(idx.successor(1, &cid(2), MAX_CHAIN_STEPS + 1), None);
+    // Far more chunks than the bound: the oldest are forgotten, the count stays capped.
+    let cap = idx.stats().capacity;
+    for i in 10..(cap as u32 * 3) {
+        idx.record_chain(1, prev.as_ref(), &cid(i));
+        prev = Some(cid(i));
+    }
+    let s = idx.stats();
+    assert!(s.chain_entries <= cap, "{} > {cap}", s.chain_entries);
+    assert_eq!(idx.successor(1, &cid(2), 1), None);
+    let last = cap as u32 * 3 - 1;
+    assert_eq!(idx.successor(1, &cid(last - 1), 1), Some(cid(last)));
+}

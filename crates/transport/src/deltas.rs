@@ -69,6 +69,16 @@ impl Deltas {
                 "Deltas whose base the receiver lacked.",
                 &|s| s.base_misses.load(Relaxed),
             ),
+            fam(
+                "delta_runs_total",
+                "Delta runs (one zstd frame over consecutive near-duplicate chunks).",
+                &|s| s.runs.load(Relaxed),
+            ),
+            fam(
+                "delta_run_failures_total",
+                "Delta runs that failed verification and were asked for again.",
+                &|s| s.run_failures.load(Relaxed),
+            ),
             ExtraFamily {
                 name: "sketch_index_entries".into(),
                 help: "Chunks in the resemblance-sketch index.".into(),

@@ -238,6 +238,7 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                         | Frame::Refs(_)
                         | Frame::Supply { .. }
                         | Frame::Delta { .. }
+                        | Frame::DeltaRun { .. }
                         | Frame::End) => {
                             decoder.on_frame(f, &mut wants)?;
                             if !wants.is_empty() {

@@ -9,14 +9,16 @@
 //!   |<------------------------------ HelloOk | Refuse   |
 //!   |  one bi stream per TCP flow:   Open{service} ---->|  core checks its service table
 //!   |<------------------------------ OpenOk | Refuse    |
-//!   |  data direction:  Literal / Refs / Delta / End -->|  each chunk verified by id
+//!   |  data direction:  Literal / Refs / Delta /        |  each chunk verified by id
+//!   |                   DeltaRun / End ---------------->|  (a run: by the digest of its ids)
 //!   |<----------------  Want / Ack  (control for it)    |
 //!   |  (and the same, mirrored, core -> edge)           |
 //! ```
 //!
 //! Every frame is `[type: u8][body length: u32 BE][body]`. Bodies are decoded with a bounds-checked
 //! [`Reader`] that rejects trailing bytes; every length is capped ([`MAX_FRAME_LEN`],
-//! [`MAX_REFS_PER_FRAME`], [`MAX_NAME_LEN`]).
+//! [`MAX_REFS_PER_FRAME`], [`MAX_NAME_LEN`], [`MAX_RUN_ITEMS`]); varints are at most 5 bytes and
+//! minimally encoded.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -40,6 +42,12 @@ pub const MAX_DELTA_BASES: usize = 4;
 pub const DELTA_ZSTD_PREFIX: u8 = 1;
 /// Length of a chunk id (keyed BLAKE3).
 pub const ID_LEN: usize = 32;
+/// Most items one [`Frame::DeltaRun`] may carry.
+pub const MAX_RUN_ITEMS: usize = 256;
+/// Most places a [`BaseRef::Next`] may step along the peer's chunk order.
+pub const MAX_NEXT_STEPS: u8 = 32;
+/// Bytes of a [`BaseRef::Prefix`].
+pub const BASE_PREFIX_LEN: usize = 8;
 
 /// A chunk id as it travels on the wire.
 pub type WireId = [u8; ID_LEN];
@@ -99,6 +107,35 @@ pub struct ChunkRef {
     pub id: WireId,
     /// Decoded length in bytes.
     pub len: u32,
+}
+
+/// How a [`Frame::DeltaRun`] item names its base chunk. The receiver resolves it among the chunks
+/// exchanged with the sending peer only; a name it cannot resolve (or resolves to the wrong
+/// chunk) makes the run fail verification and go through the miss path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseRef {
+    /// The chunk this many places (1..=[`MAX_NEXT_STEPS`]) after the previous item's base — for
+    /// a run's first item, after the flow's last chunk before the run (a reference's or literal's
+    /// own id, a delta item's base) — in the order chunks crossed between the two peers.
+    Next(u8),
+    /// The chunk exchanged with this peer whose id starts with these bytes.
+    Prefix([u8; BASE_PREFIX_LEN]),
+    /// The chunk with this id.
+    Id(WireId),
+}
+
+/// One chunk of a [`Frame::DeltaRun`], in stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunItem {
+    /// The chunk is its base, unchanged (a compact reference).
+    Same(BaseRef),
+    /// The chunk is the next `base length + len_diff` bytes of the run's decoded payload.
+    Delta {
+        /// The base chunk.
+        base: BaseRef,
+        /// The chunk's length minus the base's (|len_diff| ≤ [`MAX_CHUNK_LEN`]).
+        len_diff: i32,
+    },
 }
 
 /// One tunnel frame.
@@ -172,6 +209,21 @@ pub enum Frame {
         /// Encoded bytes.
         payload: Bytes,
     },
+    /// Consecutive chunks of the ordered data, each the same as or a near-duplicate of a base
+    /// chunk the receiver holds, coded together: per chunk a compact base reference (and a length
+    /// difference), and one zstd frame ([`DELTA_ZSTD_PREFIX`]) of the `Delta` items' bytes
+    /// concatenated, with their distinct bases, concatenated in order of first use, as prefix.
+    /// The receiver hashes every rebuilt chunk itself and delivers the run only if the digest of
+    /// the ids in order equals `digest`; otherwise it sends `Want([digest])` and the sender
+    /// supplies every chunk of the run.
+    DeltaRun {
+        /// Digest over the ordered chunk ids of the run (see `strait-dedup`).
+        digest: WireId,
+        /// The chunks, in stream order (1..=[`MAX_RUN_ITEMS`]).
+        items: Vec<RunItem>,
+        /// One zstd frame (empty when no item is a `Delta`).
+        payload: Bytes,
+    },
     /// The sender's data direction is finished (TCP half-close).
     End,
     /// The receiver lacks these chunks (miss or failed verification): please supply them.
@@ -192,6 +244,7 @@ const T_REFS: u8 = 0x11;
 const T_SUPPLY: u8 = 0x12;
 const T_END: u8 = 0x13;
 const T_DELTA: u8 = 0x14;
+const T_DELTA_RUN: u8 = 0x15;
 const T_WANT: u8 = 0x20;
 const T_ACK: u8 = 0x21;
 const T_PING: u8 = 0x22;
@@ -244,6 +297,22 @@ pub enum Error {
     BadUtf8 {
         /// Which field.
         what: &'static str,
+    },
+    /// A varint is longer than its type, not minimally encoded, or out of range.
+    #[error("{what}: malformed varint at offset {at}")]
+    BadVarint {
+        /// Which field.
+        what: &'static str,
+        /// Offset in the body.
+        at: usize,
+    },
+    /// A delta-run item tag is not one this version defines.
+    #[error("delta run item {index}: invalid tag 0x{tag:02x}")]
+    BadRunItem {
+        /// Item index.
+        index: usize,
+        /// The tag byte.
+        tag: u8,
     },
 }
 
@@ -307,6 +376,22 @@ impl<'a> Reader<'a> {
         let b = self.take(len)?;
         String::from_utf8(b.to_vec()).map_err(|_| Error::BadUtf8 { what })
     }
+    /// An unsigned LEB128 varint of at most 5 bytes, minimally encoded, fitting a `u32`.
+    fn varint(&mut self, what: &'static str) -> Result<u32, Error> {
+        let at = self.pos;
+        let mut v: u64 = 0;
+        for i in 0..5 {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                if (i > 0 && b == 0) || v > u64::from(u32::MAX) {
+                    return Err(Error::BadVarint { what, at });
+                }
+                return Ok(v as u32);
+            }
+        }
+        Err(Error::BadVarint { what, at })
+    }
     fn rest(&mut self) -> &'a [u8] {
         let s = &self.buf[self.pos..];
         self.pos = self.buf.len();
@@ -329,6 +414,117 @@ fn put_delta_fields(out: &mut BytesMut, id: &WireId, codec: u8, len: u32, bases:
     for b in bases {
         out.put_slice(&b.id);
         out.put_u32(b.len);
+    }
+}
+
+fn put_varint(out: &mut BytesMut, mut v: u32) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn varint_len(v: u32) -> usize {
+    match v {
+        0..=0x7f => 1,
+        0x80..=0x3fff => 2,
+        0x4000..=0x1f_ffff => 3,
+        0x20_0000..=0xfff_ffff => 4,
+        _ => 5,
+    }
+}
+
+fn zigzag(v: i32) -> u32 {
+    ((v << 1) ^ (v >> 31)) as u32
+}
+
+fn unzigzag(v: u32) -> i32 {
+    ((v >> 1) as i32) ^ -((v & 1) as i32)
+}
+
+const RUN_TAG_DELTA: u8 = 0x01;
+const RUN_KIND_NEXT: u8 = 0;
+const RUN_KIND_PREFIX: u8 = 1;
+const RUN_KIND_ID: u8 = 2;
+
+impl RunItem {
+    /// The item's base reference.
+    pub fn base(&self) -> &BaseRef {
+        match self {
+            RunItem::Same(b) | RunItem::Delta { base: b, .. } => b,
+        }
+    }
+
+    /// Bytes this item takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        let base = match self.base() {
+            BaseRef::Next(_) => 0,
+            BaseRef::Prefix(_) => BASE_PREFIX_LEN,
+            BaseRef::Id(_) => ID_LEN,
+        };
+        let diff = match self {
+            RunItem::Same(_) => 0,
+            RunItem::Delta { len_diff, .. } => varint_len(zigzag(*len_diff)),
+        };
+        1 + base + diff
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        let delta = matches!(self, RunItem::Delta { .. }) as u8;
+        match self.base() {
+            BaseRef::Next(steps) => {
+                // Callers keep steps in 1..=MAX_NEXT_STEPS; clamp rather than emit a bad tag.
+                let s = (*steps).clamp(1, MAX_NEXT_STEPS) - 1;
+                out.put_u8(delta | (RUN_KIND_NEXT << 1) | (s << 3));
+            }
+            BaseRef::Prefix(p) => {
+                out.put_u8(delta | (RUN_KIND_PREFIX << 1));
+                out.put_slice(p);
+            }
+            BaseRef::Id(id) => {
+                out.put_u8(delta | (RUN_KIND_ID << 1));
+                out.put_slice(id);
+            }
+        }
+        if let RunItem::Delta { len_diff, .. } = self {
+            put_varint(out, zigzag(*len_diff));
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>, index: usize) -> Result<RunItem, Error> {
+        let tag = r.u8()?;
+        let high = tag >> 3;
+        let base = match (tag >> 1) & 0x3 {
+            RUN_KIND_NEXT => BaseRef::Next(high + 1),
+            RUN_KIND_PREFIX if high == 0 => {
+                let mut p = [0u8; BASE_PREFIX_LEN];
+                p.copy_from_slice(r.take(BASE_PREFIX_LEN)?);
+                BaseRef::Prefix(p)
+            }
+            RUN_KIND_ID if high == 0 => BaseRef::Id(r.id()?),
+            _ => return Err(Error::BadRunItem { index, tag }),
+        };
+        if tag & RUN_TAG_DELTA == 0 {
+            return Ok(RunItem::Same(base));
+        }
+        let len_diff = unzigzag(r.varint("delta run length difference")?);
+        if len_diff.unsigned_abs() as usize > MAX_CHUNK_LEN {
+            return Err(Error::OverLimit {
+                what: "delta run length difference",
+                value: len_diff.unsigned_abs() as usize,
+                max: MAX_CHUNK_LEN,
+            });
+        }
+        Ok(RunItem::Delta { base, len_diff })
+    }
+}
+
+fn put_run_fields(out: &mut BytesMut, digest: &WireId, items: &[RunItem]) {
+    out.put_slice(digest);
+    put_varint(out, items.len() as u32);
+    for it in items {
+        it.encode(out);
     }
 }
 
@@ -416,6 +612,15 @@ impl Frame {
                 out.put_slice(payload);
                 T_DELTA
             }
+            Frame::DeltaRun {
+                digest,
+                items,
+                payload,
+            } => {
+                put_run_fields(out, digest, items);
+                out.put_slice(payload);
+                T_DELTA_RUN
+            }
             Frame::End => T_END,
             Frame::Want(ids) => {
                 out.put_u16(ids.len() as u16);
@@ -478,6 +683,30 @@ impl Frame {
         out.put_u32(body as u32);
         put_delta_fields(out, id, codec, len, bases);
         out.put_slice(payload);
+    }
+
+    /// Appends a `DeltaRun` frame without first copying the payload into a `Bytes`. Encodes
+    /// exactly what `Frame::encode` would. `items` must hold 1..=[`MAX_RUN_ITEMS`] entries.
+    pub fn encode_delta_run(
+        out: &mut BytesMut,
+        digest: &WireId,
+        items: &[RunItem],
+        payload: &[u8],
+    ) {
+        let body = Self::delta_run_overhead(items) - FRAME_HEADER_LEN + payload.len();
+        out.reserve(FRAME_HEADER_LEN + body);
+        out.put_u8(T_DELTA_RUN);
+        out.put_u32(body as u32);
+        put_run_fields(out, digest, items);
+        out.put_slice(payload);
+    }
+
+    /// Bytes a delta-run frame adds around its payload.
+    pub fn delta_run_overhead(items: &[RunItem]) -> usize {
+        FRAME_HEADER_LEN
+            + ID_LEN
+            + varint_len(items.len() as u32)
+            + items.iter().map(RunItem::encoded_len).sum::<usize>()
     }
 
     /// Bytes a delta frame adds around its payload.
@@ -623,6 +852,35 @@ impl Frame {
                     codec,
                     len,
                     bases,
+                    payload: body.slice(start..),
+                }
+            }
+            T_DELTA_RUN => {
+                let digest = r.id()?;
+                let n = r.varint("delta run item count")? as usize;
+                if n == 0 || n > MAX_RUN_ITEMS {
+                    return Err(Error::OverLimit {
+                        what: "delta run item count (must be at least 1)",
+                        value: n,
+                        max: MAX_RUN_ITEMS,
+                    });
+                }
+                let mut items = Vec::with_capacity(n);
+                for i in 0..n {
+                    items.push(RunItem::decode(&mut r, i)?);
+                }
+                let start = r.pos;
+                let payload_len = r.rest().len();
+                if payload_len > MAX_CHUNK_LEN {
+                    return Err(Error::OverLimit {
+                        what: "delta run payload length",
+                        value: payload_len,
+                        max: MAX_CHUNK_LEN,
+                    });
+                }
+                Frame::DeltaRun {
+                    digest,
+                    items,
                     payload: body.slice(start..),
                 }
             }

@@ -11,6 +11,19 @@ fn roundtrip(f: &Frame) -> Frame {
     frames.into_iter().next().unwrap()
 }
 
+fn arb_run_item() -> impl Strategy<Value = RunItem> {
+    let base = prop_oneof![
+        (1..=MAX_NEXT_STEPS).prop_map(BaseRef::Next),
+        prop::array::uniform8(any::<u8>()).prop_map(BaseRef::Prefix),
+        prop::array::uniform32(any::<u8>()).prop_map(BaseRef::Id),
+    ];
+    let max = MAX_CHUNK_LEN as i32;
+    (base, prop::option::of(-max..=max)).prop_map(|(base, d)| match d {
+        None => RunItem::Same(base),
+        Some(len_diff) => RunItem::Delta { base, len_diff },
+    })
+}
+
 fn arb_frame() -> impl Strategy<Value = Frame> {
     let id = prop::array::uniform32(any::<u8>());
     prop_oneof![
@@ -74,6 +87,16 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                     .into_iter()
                     .map(|(id, len)| ChunkRef { id, len })
                     .collect(),
+                payload: Bytes::from(p)
+            }),
+        (
+            id,
+            prop::collection::vec(arb_run_item(), 1..40),
+            prop::collection::vec(any::<u8>(), 0..2000)
+        )
+            .prop_map(|(digest, items, p)| Frame::DeltaRun {
+                digest,
+                items,
                 payload: Bytes::from(p)
             }),
         Just(Frame::End),
@@ -275,4 +298,98 @@ fn delta_with_oversized_base_length_is_rejected() {
             MAX_CHUNK_LEN + 1
         )
     );
+}
+
+fn run_body(count: &[u8], items: &[u8]) -> Bytes {
+    let mut b = vec![7u8; ID_LEN];
+    b.extend_from_slice(count);
+    b.extend_from_slice(items);
+    Bytes::from(b)
+}
+
+#[test]
+fn delta_run_with_zero_or_too_many_items_is_rejected() {
+    for count in [vec![0u8], vec![0x81, 0x02]] {
+        let e = Frame::decode_body(T_DELTA_RUN, run_body(&count, &[0; 300])).unwrap_err();
+        assert!(
+            matches!(e, Error::OverLimit { what, .. } if what.starts_with("delta run item count")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn delta_run_with_a_malformed_varint_is_rejected() {
+    // Not minimal (0x80 0x00), and longer than 5 bytes.
+    for count in [vec![0x80, 0x00], vec![0xff; 6]] {
+        let e = Frame::decode_body(T_DELTA_RUN, run_body(&count, &[])).unwrap_err();
+        assert!(matches!(e, Error::BadVarint { .. }), "{e}");
+    }
+}
+
+#[test]
+fn delta_run_with_an_undefined_item_tag_is_rejected() {
+    // Base kind 3 is undefined; a prefix reference with steps bits set is not canonical.
+    for tag in [0x06u8, 0x0a] {
+        let e = Frame::decode_body(T_DELTA_RUN, run_body(&[1], &[tag; 40])).unwrap_err();
+        assert_eq!(e, Error::BadRunItem { index: 0, tag });
+    }
+}
+
+#[test]
+fn delta_run_with_an_oversized_length_difference_is_rejected() {
+    let mut items = vec![0x01u8]; // Delta, Next(1)
+    let diff = ((MAX_CHUNK_LEN as u32) + 1) << 1; // zigzag of a positive value
+    let mut v = diff;
+    while v >= 0x80 {
+        items.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    items.push(v as u8);
+    let e = Frame::decode_body(T_DELTA_RUN, run_body(&[1], &items)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::OverLimit {
+                what: "delta run length difference",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_delta_run_item_is_rejected() {
+    // A prefix reference missing its 8 bytes.
+    let e = Frame::decode_body(T_DELTA_RUN, run_body(&[1], &[0x02, 1, 2])).unwrap_err();
+    assert!(matches!(e, Error::Truncated { .. }), "{e}");
+}
+
+#[test]
+fn encode_delta_run_matches_frame_encoding() {
+    let items = vec![
+        RunItem::Same(BaseRef::Next(1)),
+        RunItem::Delta {
+            base: BaseRef::Next(32),
+            len_diff: -300,
+        },
+        RunItem::Delta {
+            base: BaseRef::Prefix([1; 8]),
+            len_diff: 70_000,
+        },
+        RunItem::Same(BaseRef::Id([2; 32])),
+    ];
+    let f = Frame::DeltaRun {
+        digest: [3; 32],
+        items: items.clone(),
+        payload: Bytes::from_static(b"zstd"),
+    };
+    let mut a = BytesMut::new();
+    f.encode(&mut a);
+    let mut b = BytesMut::new();
+    Frame::encode_delta_run(&mut b, &[3; 32], &items, b"zstd");
+    assert_eq!(a, b);
+    assert_eq!(a.len(), Frame::delta_run_overhead(&items) + 4);
+    assert_eq!(roundtrip(&f), f);
 }
