@@ -52,7 +52,7 @@ pub fn transport_config(t: &Tunnel) -> Result<TransportConfig, Error> {
         .max_concurrent_uni_streams(VarInt::from_u32(0));
     match t.congestion {
         Congestion::Bbr => {
-            tc.congestion_controller_factory(Arc::new(crate::congestion::PacedBbrConfig::default()))
+            tc.congestion_controller_factory(Arc::new(crate::congestion::BbrConfig::default()))
         }
         Congestion::Cubic => tc.congestion_controller_factory(Arc::new(CubicConfig::default())),
         Congestion::NewReno => tc.congestion_controller_factory(Arc::new(NewRenoConfig::default())),
