@@ -6,12 +6,25 @@
 //! interleaved over `d` blocks, so the chain is stepped `d` at a time, and a dynamic program over
 //! the block's `k + m` packets gives the exact probability that more than `m` are lost.
 
-use std::time::{Duration, Instant};
-
 use crate::{
     config::{FecMode, MAX_INTERLEAVE, MAX_M},
-    packet::{LossReport, TS_TICK_MICROS},
+    packet::LossReport,
 };
+
+pub use crate::meter::{
+    LossEstimate, LossMeter, LOSS_HALF_LIFE, LOSS_WINDOW_PACKETS, MAX_COUNTED_GAP,
+};
+
+/// Any block may get up to this many repair packets whatever the ratio cap says (when it allows
+/// any repair at all): a small block is a small message or the tail of a transfer, whose latency
+/// is worth far more than a few packets. ⌈k·ratio⌉ alone would give a 2-packet request one
+/// repair packet, and a 1-packet block of an interleaved round one copy, which a loss burst of
+/// two or three packets defeats.
+pub const SMALL_BLOCK_REPAIR: usize = 4;
+/// When the peer's report rests on fewer packets than this, the loss we measure on the reverse
+/// direction fills the rest of the sample (the peer of a sparse sender sees too few packets to
+/// tell 2% loss from none; the reverse direction usually has the same link).
+pub const PRIOR_PACKETS: f64 = 2000.0;
 
 /// Probability that a block of `k` sources and `m` repairs loses more than `m` packets, under a
 /// Gilbert loss model with loss rate `p`, mean burst `burst`, the block spread with stride `d`.
@@ -64,10 +77,14 @@ pub fn min_repair(k: usize, d: usize, p: f64, burst: f64, target: f64, cap: usiz
         .unwrap_or(cap)
 }
 
-/// Repair cap for a block of `k` sources: `ceil(k · max_ratio)`, so a one-packet block can still
-/// get one repair packet when the ratio allows any repair at all.
+/// Repair cap for a block of `k` sources: `ceil(k · max_ratio)`, but at least
+/// [`SMALL_BLOCK_REPAIR`] when the ratio allows any repair at all.
 pub fn repair_cap(k: usize, max_ratio: f64) -> usize {
-    ((k as f64 * max_ratio).ceil() as usize).min(MAX_M)
+    if max_ratio <= 0.0 {
+        return 0;
+    }
+    let by_ratio = (k as f64 * max_ratio).ceil() as usize;
+    by_ratio.clamp(SMALL_BLOCK_REPAIR, MAX_M)
 }
 
 /// What the encoder does with its next packets.
@@ -93,18 +110,20 @@ impl Plan {
 }
 
 /// Sender side: turns receiver reports into a [`Plan`].
+///
+/// Congestion (RFC 9265) is kept out at the source: the receiver's [`LossMeter`] reports only
+/// loss that did not coincide with a queue-delay peak, so drops of a queue the sender overfills
+/// never raise repair, and QUIC's congestion controller sees them.
 #[derive(Debug, Clone)]
 pub struct RepairPlanner {
     mode: FecMode,
     k: usize,
-    congestion_delay_us: u32,
     plan: Plan,
-    last: Option<LossReport>,
 }
 
 impl RepairPlanner {
     /// Planner for `mode`; adaptive starts with zero repair until a report says otherwise.
-    pub fn new(mode: FecMode, adaptive_k: usize, congestion_delay: Duration) -> Self {
+    pub fn new(mode: FecMode, adaptive_k: usize) -> Self {
         let plan = match mode {
             FecMode::Fixed { k, m } => Plan {
                 k: k as usize,
@@ -120,9 +139,7 @@ impl RepairPlanner {
         RepairPlanner {
             mode,
             k: plan.k,
-            congestion_delay_us: congestion_delay.as_micros().min(u32::MAX as u128) as u32,
             plan,
-            last: None,
         }
     }
 
@@ -131,13 +148,18 @@ impl RepairPlanner {
         &self.plan
     }
 
-    /// Feeds a receiver report. Returns true when queueing delay held repair from growing.
-    pub fn on_report(&mut self, report: LossReport) -> bool {
+    /// Feeds a receiver report.
+    pub fn on_report(&mut self, report: LossReport) {
+        self.on_report_with_prior(report, LossEstimate::default());
+    }
+
+    /// Feeds a receiver report; `reverse` is what our own receiver measures on the opposite
+    /// direction, weighed in only for the part of [`PRIOR_PACKETS`] the report does not cover.
+    pub fn on_report_with_prior(&mut self, report: LossReport, reverse: LossEstimate) {
         let FecMode::Adaptive { target, max_ratio } = self.mode else {
-            return false;
+            return;
         };
-        let p = report.loss_ppm as f64 / 1e6;
-        let burst = (report.burst_milli as f64 / 1000.0).max(1.0);
+        let (p, burst) = blend(report, reverse);
         let cap = repair_cap(self.k, max_ratio);
         // Depth: the shallowest that needs the least repair for a full block.
         let mut best = (usize::MAX, 1);
@@ -155,191 +177,36 @@ impl RepairPlanner {
         for (kk, slot) in repair.iter_mut().enumerate().skip(1) {
             *slot = min_repair(kk, depth, p, burst, target, repair_cap(kk, max_ratio));
         }
-        // RFC 9265: loss that arrives with a standing/growing queue is congestion. Repair may
-        // shrink but not grow, so the congestion controller sees that loss.
-        let congested = report.queue_delay_us >= self.congestion_delay_us
-            && self.last.is_none_or(|l| report.loss_ppm >= l.loss_ppm);
-        let mut held = false;
-        if congested {
-            for (new, old) in repair.iter_mut().zip(&self.plan.repair) {
-                if *new > *old {
-                    *new = *old;
-                    held = true;
-                }
-            }
-        }
         self.plan = Plan {
             k: self.k,
-            depth: if congested { self.plan.depth } else { depth },
+            depth,
             repair,
         };
-        self.last = Some(report);
-        held
     }
 }
 
-/// Bits of sequence history kept to tell late packets from duplicates.
-const SEQ_WINDOW: usize = 1024;
-/// A forward jump larger than this is a restart, not loss.
-pub const MAX_COUNTED_GAP: u16 = 4096;
-
-/// Receiver side: loss rate, burst length and queueing delay from the data packet headers.
-#[derive(Debug, Clone)]
-pub struct LossMeter {
-    epoch: Instant,
-    highest: Option<u16>,
-    seen: [u64; SEQ_WINDOW / 64],
-    // Window counters, decayed by 7/8 per report so they forget in ~1 s at 100 ms reports and
-    // reach exactly zero once loss stops.
-    expected: u64,
-    lost: u64,
-    bursts: u64,
-    since_report: u64,
-    // One-way delay, ticks relative to the first sample (clock offset cancels).
-    owd_origin: Option<u16>,
-    owd_sum: i64,
-    owd_count: i64,
-    owd_min: [i32; 10],
-    owd_min_slot: usize,
-}
-
-impl LossMeter {
-    /// Meter whose clock starts at `now`.
-    pub fn new(now: Instant) -> Self {
-        LossMeter {
-            epoch: now,
-            highest: None,
-            seen: [0; SEQ_WINDOW / 64],
-            expected: 0,
-            lost: 0,
-            bursts: 0,
-            since_report: 0,
-            owd_origin: None,
-            owd_sum: 0,
-            owd_count: 0,
-            owd_min: [i32::MAX; 10],
-            owd_min_slot: 0,
-        }
+/// Loss rate and mean burst from the peer's report, topped up with the reverse direction's
+/// counts when the report covers fewer than [`PRIOR_PACKETS`] packets.
+fn blend(report: LossReport, reverse: LossEstimate) -> (f64, f64) {
+    let n = report.packets as f64;
+    let p_fwd = report.loss_ppm as f64 / 1e6;
+    let b_fwd = report.burst_milli as f64 / 1000.0;
+    let room = (PRIOR_PACKETS - n).max(0.0);
+    let p_rev = reverse.rate();
+    if room <= 0.0 || reverse.packets <= 0.0 || p_rev == 0.0 {
+        return (p_fwd, b_fwd.max(1.0));
     }
-
-    fn bit(&mut self, seq: u16) -> (usize, u64) {
-        let i = seq as usize % SEQ_WINDOW;
-        (i / 64, 1u64 << (i % 64))
-    }
-
-    /// Records data packet `seq` sent at `ts`; returns the change in detected losses
-    /// (positive for a gap, -1 for a late packet that filled one, 0 for in-order or duplicate).
-    pub fn on_packet(&mut self, seq: u16, ts: u16, now: Instant) -> i64 {
-        self.on_delay(ts, now);
-        let Some(high) = self.highest else {
-            self.highest = Some(seq);
-            let (w, b) = self.bit(seq);
-            self.seen[w] |= b;
-            self.expected += 1;
-            self.since_report += 1;
-            return 0;
-        };
-        let diff = seq.wrapping_sub(high) as i16;
-        if diff > 0 {
-            let diff = diff as u16;
-            // Clear the bits the window slides over.
-            for s in 1..=diff.min(SEQ_WINDOW as u16) {
-                let (w, b) = self.bit(high.wrapping_add(s));
-                self.seen[w] &= !b;
-            }
-            let (w, b) = self.bit(seq);
-            self.seen[w] |= b;
-            self.highest = Some(seq);
-            if diff > MAX_COUNTED_GAP {
-                return 0;
-            }
-            let gap = (diff - 1) as u64;
-            self.expected += diff as u64;
-            self.since_report += 1;
-            if gap > 0 {
-                self.lost += gap;
-                self.bursts += 1;
-            }
-            gap as i64
-        } else {
-            let back = (-(diff as i32)) as usize;
-            if back >= SEQ_WINDOW {
-                return 0;
-            }
-            let (w, b) = self.bit(seq);
-            if self.seen[w] & b != 0 {
-                return 0; // duplicate
-            }
-            self.seen[w] |= b;
-            self.since_report += 1;
-            if self.lost > 0 {
-                self.lost -= 1;
-                -1
-            } else {
-                0
-            }
-        }
-    }
-
-    fn on_delay(&mut self, ts: u16, now: Instant) {
-        let ticks =
-            (now.saturating_duration_since(self.epoch).as_micros() / TS_TICK_MICROS as u128) as u16;
-        let raw = ticks.wrapping_sub(ts);
-        let origin = *self.owd_origin.get_or_insert(raw);
-        let rel = raw.wrapping_sub(origin) as i16 as i32;
-        self.owd_sum += rel as i64;
-        self.owd_count += 1;
-        let slot = &mut self.owd_min[self.owd_min_slot];
-        *slot = (*slot).min(rel);
-    }
-
-    /// True when packets arrived since the last report.
-    pub fn has_news(&self) -> bool {
-        self.since_report > 0
-    }
-
-    /// Produces a report and ages the window.
-    pub fn report(&mut self) -> LossReport {
-        let loss_ppm = self
-            .lost
-            .saturating_mul(1_000_000)
-            .checked_div(self.expected)
-            .map_or(0, |v| v.min(1_000_000) as u32);
-        let burst_milli = self
-            .lost
-            .saturating_mul(1000)
-            .checked_div(self.bursts)
-            .map_or(0, |v| v.min(u32::MAX as u64) as u32);
-        let min = self.owd_min.iter().copied().min().unwrap_or(i32::MAX);
-        let queue_delay_us = if self.owd_count == 0 || min == i32::MAX {
-            0
-        } else {
-            let mean = self.owd_sum / self.owd_count;
-            ((mean - min as i64).max(0) as u64 * TS_TICK_MICROS).min(u32::MAX as u64) as u32
-        };
-        let report = LossReport {
-            loss_ppm,
-            burst_milli,
-            queue_delay_us,
-            packets: self.expected.min(u32::MAX as u64) as u32,
-        };
-        self.expected = self.expected * 7 / 8;
-        self.lost = self.lost * 7 / 8;
-        self.bursts = self.bursts * 7 / 8;
-        self.since_report = 0;
-        self.owd_sum = 0;
-        self.owd_count = 0;
-        // The baseline minimum covers the last 10 reports (~1 s), so route changes are followed.
-        self.owd_min_slot = (self.owd_min_slot + 1) % self.owd_min.len();
-        self.owd_min[self.owd_min_slot] = i32::MAX;
-        report
-    }
+    let w = room.min(reverse.packets);
+    let p = (p_fwd * n + p_rev * w) / (n + w);
+    let burst = if p_fwd > 0.0 { b_fwd } else { reverse.burst() };
+    (p, burst.max(1.0))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::config::DEFAULT_TARGET;
 
     fn binomial_tail(n: usize, m: usize, p: f64) -> f64 {
         // P(X > m), X ~ Bin(n, p)
@@ -377,7 +244,7 @@ mod tests {
 
     #[test]
     fn zero_loss_plans_zero_repair() {
-        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32, Duration::from_millis(10));
+        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32);
         assert!(pl.plan().is_unprotected());
         pl.on_report(report(0, 0, 0));
         assert!(pl.plan().is_unprotected());
@@ -393,7 +260,6 @@ mod tests {
                 max_ratio: 0.5,
             },
             32,
-            Duration::from_millis(10),
         );
         // Independent 1% loss: mean burst 1/(1-p) = 1.0101.
         pl.on_report(report(10_000, 1010, 0));
@@ -416,7 +282,6 @@ mod tests {
                 max_ratio: 0.25,
             },
             32,
-            Duration::from_millis(10),
         );
         pl.on_report(report(200_000, 1200, 0));
         assert_eq!(pl.plan().m_for(32), 8);
@@ -430,7 +295,7 @@ mod tests {
 
     #[test]
     fn bursty_loss_is_interleaved() {
-        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32, Duration::from_millis(10));
+        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32);
         pl.on_report(report(10_000, 4000, 0));
         assert!(pl.plan().depth >= 3, "depth {}", pl.plan().depth);
         let d = pl.plan().depth;
@@ -441,60 +306,46 @@ mod tests {
     }
 
     #[test]
-    fn queue_growth_stops_repair_growth() {
-        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32, Duration::from_millis(10));
-        pl.on_report(report(5_000, 1005, 1_000));
-        let before = pl.plan().clone();
-        assert!(before.m_for(32) > 0);
-        // Loss rises together with a 40 ms queue: no growth.
-        let held = pl.on_report(report(30_000, 1030, 40_000));
-        assert!(held);
-        assert_eq!(pl.plan().m_for(32), before.m_for(32));
-        // Same loss without a queue: repair grows.
-        pl.on_report(report(30_000, 1030, 500));
-        assert!(pl.plan().m_for(32) > before.m_for(32));
-        // Loss falls while queued: repair may shrink.
-        pl.on_report(report(1_000, 1001, 40_000));
-        assert!(pl.plan().m_for(32) < before.m_for(32) + 1);
+    fn small_blocks_get_repair_beyond_the_ratio_cap() {
+        // 2% loss: a 2-packet request gets 3 repair packets (⌈2·0.5⌉ = 1 would leave a 1.2e-3
+        // failure rate), a full block stays within the ratio.
+        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32);
+        pl.on_report(report(20_000, 1020, 0));
+        assert_eq!(pl.plan().m_for(1), 2);
+        assert_eq!(pl.plan().m_for(2), 3);
+        assert!(block_failure_probability(2, 3, 1, 0.02, 1.02) <= DEFAULT_TARGET);
+        // Bursty loss (mean burst 4): interleaved single-packet blocks get several copies.
+        pl.on_report(report(10_000, 4000, 0));
+        assert!(pl.plan().depth > 1);
+        assert_eq!(pl.plan().m_for(1), SMALL_BLOCK_REPAIR);
+        assert!(pl.plan().m_for(32) <= 16);
+        assert_eq!(repair_cap(2, 0.0), 0);
     }
 
     #[test]
-    fn meter_counts_gaps_bursts_reorder_and_duplicates() {
-        let t0 = Instant::now();
-        let mut mt = LossMeter::new(t0);
-        let mut net = 0;
-        for s in [0u16, 1, 2, 5, 6, 4, 6, 7, 10] {
-            net += mt.on_packet(s, 0, t0);
-        }
-        // Gaps: {3,4} then 4 arrives late; {8,9}. Duplicate 6 ignored.
-        assert_eq!(net, 3);
-        let r = mt.report();
-        assert_eq!(r.packets, 11);
-        assert_eq!(r.loss_ppm, 3 * 1_000_000 / 11);
-        assert_eq!(r.burst_milli, 1500);
-    }
-
-    #[test]
-    fn meter_sees_queue_delay_and_forgets_loss() {
-        let t0 = Instant::now();
-        let mut mt = LossMeter::new(t0);
-        // Sender clock == receiver clock; delay grows from 0 to 20 ms.
-        for i in 0..100u16 {
-            let sent = i * 10; // 1 ms apart in 100 µs ticks
-            let delay = Duration::from_micros(i as u64 * 200);
-            mt.on_packet(i, sent, t0 + Duration::from_millis(i as u64) + delay);
-        }
-        let r = mt.report();
-        assert!(
-            r.queue_delay_us > 8_000 && r.queue_delay_us < 12_000,
-            "{r:?}"
-        );
-        assert_eq!(r.loss_ppm, 0);
-        mt.on_packet(200, 0, t0);
-        assert!(mt.report().loss_ppm > 0);
-        for _ in 0..60 {
-            mt.report();
-        }
-        assert_eq!(mt.report().loss_ppm, 0);
+    fn sparse_report_is_topped_up_with_the_reverse_direction() {
+        // The peer saw 100 of our packets and no loss; we saw 2% on 5000 of theirs.
+        let reverse = LossEstimate {
+            packets: 5000.0,
+            lost: 100.0,
+            bursts: 100.0,
+        };
+        let sparse = LossReport {
+            loss_ppm: 0,
+            burst_milli: 0,
+            queue_delay_us: 0,
+            packets: 100,
+        };
+        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32);
+        pl.on_report_with_prior(sparse, reverse);
+        assert!(pl.plan().m_for(2) >= 1, "{:?}", pl.plan());
+        // A well-sampled lossless forward direction ignores the reverse one.
+        let mut full = sparse;
+        full.packets = 10_000;
+        pl.on_report_with_prior(full, reverse);
+        assert!(pl.plan().is_unprotected());
+        // Both directions lossless: zero repair.
+        pl.on_report_with_prior(sparse, LossEstimate::default());
+        assert!(pl.plan().is_unprotected());
     }
 }

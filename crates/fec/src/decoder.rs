@@ -9,7 +9,8 @@ use std::{
 
 use crate::{
     coder::{CoderKind, ErasureCoder},
-    controller::LossMeter,
+    config::FecConfig,
+    controller::{LossEstimate, LossMeter},
     packet::{self, LossReport, Packet, MAX_SHARDS},
     stats::FecStats,
     FecError,
@@ -23,6 +24,10 @@ pub const MAX_DECODER_BYTES: usize = 4 * 1024 * 1024;
 pub const BLOCK_LINGER: Duration = Duration::from_millis(500);
 /// Packets waiting to be taken by the caller.
 pub const MAX_DELIVERY_QUEUE: usize = 4096;
+/// After a new (non-congestion) loss the next report goes out this soon after the previous one
+/// rather than a whole report interval later, so repair starts within a round trip of the first
+/// loss. Bounds control traffic to 50 reports a second while loss lasts; none at zero loss.
+pub const FAST_REPORT_GAP: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 struct Block {
@@ -72,22 +77,35 @@ pub struct Decoder {
     delivered: VecDeque<Vec<u8>>,
     report_interval: Duration,
     next_report: Instant,
+    last_report: Instant,
     stats: Arc<FecStats>,
 }
 
 impl Decoder {
-    /// Decoder whose clock starts at `now`, reporting every `report_interval`.
+    /// Decoder whose clock starts at `now`, reporting every `report_interval`, with the default
+    /// congestion delay.
     pub fn new(report_interval: Duration, stats: Arc<FecStats>, now: Instant) -> Self {
+        let cfg = FecConfig {
+            report_interval,
+            ..FecConfig::default()
+        };
+        Decoder::from_config(&cfg, stats, now)
+    }
+
+    /// Decoder with the report interval and congestion delay of `cfg`.
+    pub fn from_config(cfg: &FecConfig, stats: Arc<FecStats>, now: Instant) -> Self {
+        let report_interval = cfg.report_interval;
         Decoder {
             blocks: HashMap::new(),
             order: VecDeque::new(),
             bytes: 0,
-            meter: LossMeter::new(now),
+            meter: LossMeter::new(now, cfg.congestion_delay),
             rse: None,
             simd: None,
             delivered: VecDeque::new(),
             report_interval,
             next_report: now + report_interval,
+            last_report: now,
             stats,
         }
     }
@@ -221,6 +239,10 @@ impl Decoder {
 
     fn count(&mut self, seq: u16, ts: u16, now: Instant) {
         let delta = self.meter.on_packet(seq, ts, now);
+        let congestion = self.meter.take_congestion_losses();
+        if congestion > 0 {
+            FecStats::add(&self.stats.congestion_losses, congestion);
+        }
         if delta > 0 {
             FecStats::add(&self.stats.packets_lost, delta as u64);
         } else if delta < 0 {
@@ -332,7 +354,7 @@ impl Decoder {
 
     /// When [`Decoder::handle_timeout`] next has work: the next report or block expiry.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let report = self.meter.has_news().then_some(self.next_report);
+        let report = self.meter.has_news().then_some(self.report_due());
         let expiry = self
             .order
             .front()
@@ -354,18 +376,32 @@ impl Decoder {
                 break;
             }
         }
-        if now < self.next_report {
+        if now < self.report_due() {
             return None;
         }
         self.next_report = now + self.report_interval;
         if !self.meter.has_news() {
             return None;
         }
-        let r = self.meter.report();
+        self.last_report = now;
+        let r = self.meter.report(now);
         FecStats::set(&self.stats.loss_ppm, r.loss_ppm as u64);
         FecStats::set(&self.stats.mean_burst_milli, r.burst_milli as u64);
         FecStats::set(&self.stats.queue_delay_us, r.queue_delay_us as u64);
         Some(r)
+    }
+
+    fn report_due(&self) -> Instant {
+        if self.meter.has_fresh_loss() {
+            self.next_report.min(self.last_report + FAST_REPORT_GAP)
+        } else {
+            self.next_report
+        }
+    }
+
+    /// Non-congestion loss measured on what we receive (a prior for what we send).
+    pub fn loss_estimate(&self) -> LossEstimate {
+        self.meter.estimate()
     }
 
     /// Blocks currently tracked (for tests of the memory bound).

@@ -9,7 +9,7 @@ use std::{
 use crate::{
     coder::{CoderKind, ErasureCoder},
     config::FecConfig,
-    controller::RepairPlanner,
+    controller::{LossEstimate, RepairPlanner},
     packet::{
         self, LossReport, RepairHeader, MAX_PAYLOAD_LEN, PLAIN_HEADER_LEN, SOURCE_HEADER_LEN,
         TS_TICK_MICROS,
@@ -51,7 +51,7 @@ pub struct Encoder {
 impl Encoder {
     /// Encoder whose timestamp clock starts at `now`.
     pub fn new(cfg: &FecConfig, stats: Arc<FecStats>, now: Instant) -> Self {
-        let planner = RepairPlanner::new(cfg.mode, cfg.adaptive_k as usize, cfg.congestion_delay);
+        let planner = RepairPlanner::new(cfg.mode, cfg.adaptive_k as usize);
         let k = planner.plan().k;
         FecStats::set(&stats.current_k, k as u64);
         FecStats::set(&stats.current_m, planner.plan().m_for(k) as u64);
@@ -243,9 +243,13 @@ impl Encoder {
 
     /// Feeds the peer's loss report to the adaptive controller.
     pub fn on_report(&mut self, report: LossReport) {
-        if self.planner.on_report(report) {
-            FecStats::add(&self.stats.congestion_holds, 1);
-        }
+        self.on_report_with_prior(report, LossEstimate::default());
+    }
+
+    /// Feeds the peer's loss report, with our own measurement of the reverse direction as a
+    /// prior for a report on few packets (see [`RepairPlanner::on_report_with_prior`]).
+    pub fn on_report_with_prior(&mut self, report: LossReport, reverse: LossEstimate) {
+        self.planner.on_report_with_prior(report, reverse);
         let plan = self.planner.plan();
         FecStats::set(&self.stats.current_k, plan.k as u64);
         FecStats::set(&self.stats.current_m, plan.m_for(plan.k) as u64);

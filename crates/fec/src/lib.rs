@@ -14,7 +14,10 @@
 //!   quinn ◀─poll_recv── FecSocket ◀─Session::on_receive─ [source][repair][control] ◀── UDP
 //!                         │ timer task: idle flush of partial blocks, loss reports, expiry
 //!   receiver ─control (loss ppm, burst, queue delay) every 100 ms─▶ sender's RepairPlanner
+//!             (20 ms after a new loss)      ▲ our own receiver's loss, when the report is sparse
 //! ```
+//! The receiver's meter leaves out losses revealed at a queue-delay peak (a full drop-tail
+//! queue: congestion), so repair follows link loss only and congestion stays visible to QUIC.
 //! Only `FecSocket` does I/O; everything else takes time as an input.
 //!
 //! Both ends of a tunnel must run FEC (a bare QUIC datagram is counted in
@@ -26,6 +29,7 @@ pub mod controller;
 mod decoder;
 mod encoder;
 mod error;
+mod meter;
 pub mod packet;
 mod session;
 mod socket;
@@ -37,7 +41,8 @@ pub use config::{
     MAX_K, MAX_M,
 };
 pub use decoder::{
-    Decoder, BLOCK_LINGER, MAX_BLOCKS_IN_FLIGHT, MAX_DECODER_BYTES, MAX_DELIVERY_QUEUE,
+    Decoder, BLOCK_LINGER, FAST_REPORT_GAP, MAX_BLOCKS_IN_FLIGHT, MAX_DECODER_BYTES,
+    MAX_DELIVERY_QUEUE,
 };
 pub use encoder::{Encoder, MAX_ENCODER_OUTBOX};
 pub use error::FecError;

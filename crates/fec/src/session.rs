@@ -27,7 +27,7 @@ impl Session {
     pub fn new(cfg: &FecConfig, stats: Arc<FecStats>, now: Instant) -> Self {
         Session {
             encoder: Encoder::new(cfg, stats.clone(), now),
-            decoder: Decoder::new(cfg.report_interval, stats.clone(), now),
+            decoder: Decoder::from_config(cfg, stats.clone(), now),
             control: VecDeque::new(),
             stats,
         }
@@ -51,7 +51,9 @@ impl Session {
     ) -> Result<impl Iterator<Item = Vec<u8>> + '_, FecError> {
         let pkt = packet::decode(wire)?;
         if let Packet::Control(report) = pkt {
-            self.encoder.on_report(report);
+            // Our own measurement of the reverse direction backs up a report on few packets.
+            self.encoder
+                .on_report_with_prior(report, self.decoder.loss_estimate());
         } else {
             self.decoder.on_packet(pkt, now)?;
         }

@@ -31,8 +31,9 @@ pub struct FecStats {
     pub local_send_drops: AtomicU64,
     /// Datagrams dropped by the test-only loss hook.
     pub test_dropped: AtomicU64,
-    /// Reports in which queueing delay stopped repair from growing (RFC 9265).
-    pub congestion_holds: AtomicU64,
+    /// Lost packets the receiver attributed to congestion (revealed at a queue-delay peak) and
+    /// kept out of the loss rate repair is sized for (RFC 9265).
+    pub congestion_losses: AtomicU64,
     /// Source packets per full block.
     pub current_k: AtomicU64,
     /// Repair packets per full block.
@@ -63,7 +64,7 @@ pub struct FecStatsSnapshot {
     pub packets_rejected: u64,
     pub local_send_drops: u64,
     pub test_dropped: u64,
-    pub congestion_holds: u64,
+    pub congestion_losses: u64,
     pub current_k: u64,
     pub current_m: u64,
     pub interleave_depth: u64,
@@ -88,7 +89,7 @@ impl FecStats {
             packets_rejected: self.packets_rejected.load(Relaxed),
             local_send_drops: self.local_send_drops.load(Relaxed),
             test_dropped: self.test_dropped.load(Relaxed),
-            congestion_holds: self.congestion_holds.load(Relaxed),
+            congestion_losses: self.congestion_losses.load(Relaxed),
             current_k: self.current_k.load(Relaxed),
             current_m: self.current_m.load(Relaxed),
             interleave_depth: self.interleave_depth.load(Relaxed),

@@ -342,3 +342,123 @@ fn decoder_memory_is_bounded() {
     dec.handle_timeout(t0 + Duration::from_secs(2));
     assert_eq!(dec.blocks_tracked(), 0);
 }
+
+/// Request/response over a 100 ms path losing `loss` of datagrams both ways: A sends a 2-packet
+/// request, B answers 13 packets when the request is complete. Returns A's stats and how many
+/// exchanges lost a packet for good (QUIC would have needed a retransmission round trip).
+fn run_sparse_exchanges(loss: f64, exchanges: usize, seed: u64) -> (FecStats, usize) {
+    use std::collections::BinaryHeap;
+    let cfg = FecConfig::new(FecMode::adaptive());
+    let t0 = Instant::now();
+    let one_way = Duration::from_millis(50);
+    let sa = Arc::new(FecStats::default());
+    let mut a = Session::new(&cfg, sa.clone(), t0);
+    let mut b = Session::new(&cfg, Arc::new(FecStats::default()), t0);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // (Reverse(arrival), to_b, wire)
+    let mut net: BinaryHeap<(std::cmp::Reverse<Instant>, bool, Vec<u8>)> = BinaryHeap::new();
+    let send = |net: &mut BinaryHeap<_>, rng: &mut ChaCha8Rng, at: Instant, to_b, w| {
+        if rng.gen::<f64>() >= loss {
+            net.push((std::cmp::Reverse(at + one_way), to_b, w));
+        }
+    };
+    let mut failed = 0;
+    let mut now = t0;
+    for x in 0..exchanges {
+        let tag = |dir: u8, i: usize| {
+            let mut p = vec![dir; 1200];
+            p[..4].copy_from_slice(&((x * 64 + i) as u32).to_be_bytes());
+            p
+        };
+        for i in 0..2 {
+            for w in a.on_send(&tag(1, i), now).unwrap().collect::<Vec<_>>() {
+                send(&mut net, &mut rng, now, true, w);
+            }
+        }
+        let (mut req, mut resp) = (HashSet::new(), HashSet::new());
+        let end = now + Duration::from_millis(300);
+        let mut answered = false;
+        while now < end {
+            let next_net = net.peek().map(|e| e.0 .0);
+            let next_timer = [a.poll_timeout(), b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(t) = [next_net, next_timer, Some(end)]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                break;
+            };
+            now = t.max(now);
+            for (s, to_b) in [(&mut a, true), (&mut b, false)] {
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+                while let Some(w) = s.poll_transmit() {
+                    send(&mut net, &mut rng, now, to_b, w);
+                }
+            }
+            while net.peek().is_some_and(|e| e.0 .0 <= now) {
+                let (_, to_b, w) = net.pop().unwrap();
+                let got: Vec<Vec<u8>> = if to_b {
+                    b.on_receive(&w, now).unwrap().collect()
+                } else {
+                    a.on_receive(&w, now).unwrap().collect()
+                };
+                for d in got {
+                    let id = id_of(&d) - x * 64;
+                    if to_b {
+                        req.insert(id)
+                    } else {
+                        resp.insert(id)
+                    };
+                }
+            }
+            if req.len() == 2 && !answered {
+                answered = true;
+                for i in 0..13 {
+                    for w in b.on_send(&tag(2, i), now).unwrap().collect::<Vec<_>>() {
+                        send(&mut net, &mut rng, now, false, w);
+                    }
+                }
+            }
+        }
+        if !(answered && resp.len() == 13) {
+            failed += 1;
+        }
+    }
+    let snap = sa.snapshot();
+    let stats = FecStats::default();
+    stats
+        .current_m
+        .store(snap.current_m, std::sync::atomic::Ordering::Relaxed);
+    stats.repair_packets_sent.store(
+        snap.repair_packets_sent,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    (stats, failed)
+}
+
+#[test]
+fn sparse_request_response_is_protected_in_both_directions() {
+    // 2% loss: an exchange of 15 packets fails ~26% of the time without FEC.
+    let (a, failed) = run_sparse_exchanges(0.02, 400, 9);
+    let a = a.snapshot();
+    assert!(
+        a.repair_packets_sent > 0,
+        "the requester never protected its requests: {a:?}"
+    );
+    assert!(
+        failed <= 8,
+        "{failed} of 400 exchanges lost a packet for good"
+    );
+}
+
+#[test]
+fn sparse_request_response_at_zero_loss_sends_no_repair() {
+    let (a, failed) = run_sparse_exchanges(0.0, 100, 10);
+    assert_eq!(failed, 0);
+    assert_eq!(a.snapshot().repair_packets_sent, 0);
+}

@@ -1,0 +1,467 @@
+//! Receiver-side loss measurement. Pure: time is an input.
+//!
+//! Two things make a useful estimate for the sender's planner:
+//! - **Few packets.** Counts decay per packet (a window of about [`LOSS_WINDOW_PACKETS`]) and,
+//!   slowly, per second ([`LOSS_HALF_LIFE`]), in floating point: a flow that sends 50 packets a
+//!   second keeps its one loss in 100 in view instead of rounding it away at the next report.
+//! - **Congestion is not link loss** (RFC 9265). Every gap is classified by the queueing delay of
+//!   the packet that revealed it: a drop-tail queue drops only when it is full, so the next packet
+//!   through sees the queue at its peak. A gap revealed at (near) the recent peak queueing delay,
+//!   above `congestion_delay`, is congestion: it and the packets it covers are left out of the
+//!   rate the planner sizes repair for. Random loss is independent of the queue, so the rate
+//!   measured over the packets that did not arrive at a peak is an unbiased estimate of it, and
+//!   it keeps counting random loss at a flat delay (standing or not).
+
+use std::time::{Duration, Instant};
+
+use crate::packet::{LossReport, TS_TICK_MICROS};
+
+/// Packets of history the loss rate averages over (per-packet exponential decay).
+pub const LOSS_WINDOW_PACKETS: f64 = 4096.0;
+/// Loss history also halves every this long, so a quiet flow's old losses fade.
+pub const LOSS_HALF_LIFE: Duration = Duration::from_secs(10);
+/// Below this many (decayed) losses in the window the reported rate is exactly zero: zero loss
+/// must mean zero repair, and a long-gone loss must not keep repair on.
+const LOSS_FLOOR: f64 = 0.5;
+/// Bits of sequence history kept to tell late packets from duplicates.
+const SEQ_WINDOW: usize = 1024;
+/// A forward jump larger than this is a restart, not loss.
+pub const MAX_COUNTED_GAP: u16 = 4096;
+/// One-way-delay baseline and peak are kept per slot of this length...
+const DELAY_SLOT: Duration = Duration::from_secs(1);
+/// ...over this many slots (10 s, like BBR's min-RTT filter: long enough that a queue standing
+/// for a whole transfer is not mistaken for the path's base delay).
+const DELAY_SLOTS: usize = 10;
+/// A gap revealed at a queueing delay at least this fraction (num/den) of the recent peak is
+/// congestion.
+const PEAK_FRACTION: (i64, i64) = (3, 4);
+
+/// Decayed loss counts of the non-congestion class: what the sender may plan repair for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossEstimate {
+    /// Packets expected (received + lost), decayed.
+    pub packets: f64,
+    /// Packets lost, decayed.
+    pub lost: f64,
+    /// Loss events (gaps), decayed.
+    pub bursts: f64,
+}
+
+impl LossEstimate {
+    /// Loss rate, 0 below the floor.
+    pub fn rate(&self) -> f64 {
+        if self.lost < LOSS_FLOOR || self.packets <= 0.0 {
+            0.0
+        } else {
+            (self.lost / self.packets).min(1.0)
+        }
+    }
+
+    /// Mean burst length (0 without loss).
+    pub fn burst(&self) -> f64 {
+        if self.rate() == 0.0 || self.bursts <= 0.0 {
+            0.0
+        } else {
+            (self.lost / self.bursts).max(1.0)
+        }
+    }
+
+    fn scale(&mut self, f: f64) {
+        self.packets *= f;
+        self.lost *= f;
+        self.bursts *= f;
+    }
+}
+
+/// Receiver side: loss rate, burst length and queueing delay from the data packet headers.
+#[derive(Debug, Clone)]
+pub struct LossMeter {
+    epoch: Instant,
+    congestion_ticks: i64,
+    highest: Option<u16>,
+    seen: [u64; SEQ_WINDOW / 64],
+    random: LossEstimate,
+    /// Losses attributed to congestion since the last [`LossMeter::take_congestion_losses`].
+    congestion_lost: u64,
+    since_report: u64,
+    /// A non-congestion loss was seen since the last report (the decoder reports it early).
+    fresh_loss: bool,
+    last_decay: Instant,
+    // One-way delay, ticks relative to the first sample (clock offset cancels).
+    owd_origin: Option<u16>,
+    owd_sum: i64,
+    owd_count: i64,
+    base: [i32; DELAY_SLOTS],
+    peak_queue: [i32; DELAY_SLOTS],
+    slot: usize,
+    slot_start: Instant,
+    last_queue: i64,
+}
+
+impl LossMeter {
+    /// Meter whose clock starts at `now`; gaps revealed at a queueing delay of at least
+    /// `congestion_delay` that is near the recent peak count as congestion.
+    pub fn new(now: Instant, congestion_delay: Duration) -> Self {
+        LossMeter {
+            epoch: now,
+            congestion_ticks: (congestion_delay.as_micros() / TS_TICK_MICROS as u128)
+                .min(i32::MAX as u128) as i64,
+            highest: None,
+            seen: [0; SEQ_WINDOW / 64],
+            random: LossEstimate::default(),
+            congestion_lost: 0,
+            since_report: 0,
+            fresh_loss: false,
+            last_decay: now,
+            owd_origin: None,
+            owd_sum: 0,
+            owd_count: 0,
+            base: [i32::MAX; DELAY_SLOTS],
+            peak_queue: [0; DELAY_SLOTS],
+            slot: 0,
+            slot_start: now,
+            last_queue: 0,
+        }
+    }
+
+    fn bit(seq: u16) -> (usize, u64) {
+        let i = seq as usize % SEQ_WINDOW;
+        (i / 64, 1u64 << (i % 64))
+    }
+
+    /// Records data packet `seq` sent at `ts`; returns the change in detected losses
+    /// (positive for a gap, -1 for a late packet that filled one, 0 for in-order or duplicate).
+    pub fn on_packet(&mut self, seq: u16, ts: u16, now: Instant) -> i64 {
+        let congested = self.on_delay(ts, now);
+        let Some(high) = self.highest else {
+            self.highest = Some(seq);
+            let (w, b) = Self::bit(seq);
+            self.seen[w] |= b;
+            self.count(1, 0, congested);
+            return 0;
+        };
+        let diff = seq.wrapping_sub(high) as i16;
+        if diff > 0 {
+            let diff = diff as u16;
+            // Clear the bits the window slides over.
+            for s in 1..=diff.min(SEQ_WINDOW as u16) {
+                let (w, b) = Self::bit(high.wrapping_add(s));
+                self.seen[w] &= !b;
+            }
+            let (w, b) = Self::bit(seq);
+            self.seen[w] |= b;
+            self.highest = Some(seq);
+            if diff > MAX_COUNTED_GAP {
+                return 0;
+            }
+            let gap = (diff - 1) as u64;
+            self.count(diff as u64, gap, congested);
+            gap as i64
+        } else {
+            let back = (-(diff as i32)) as usize;
+            if back >= SEQ_WINDOW {
+                return 0;
+            }
+            let (w, b) = Self::bit(seq);
+            if self.seen[w] & b != 0 {
+                return 0; // duplicate
+            }
+            self.seen[w] |= b;
+            self.since_report += 1;
+            // A late packet: it was counted lost in one of the classes.
+            if self.random.lost >= 1.0 {
+                self.random.lost -= 1.0;
+                -1
+            } else if self.congestion_lost > 0 {
+                self.congestion_lost -= 1;
+                -1
+            } else {
+                0
+            }
+        }
+    }
+
+    fn count(&mut self, expected: u64, lost: u64, congested: bool) {
+        self.since_report += 1;
+        if congested {
+            self.congestion_lost += lost;
+            return;
+        }
+        self.random
+            .scale((1.0 - 1.0 / LOSS_WINDOW_PACKETS).powi(expected.min(i32::MAX as u64) as i32));
+        self.random.packets += expected as f64;
+        if lost > 0 {
+            self.random.lost += lost as f64;
+            self.random.bursts += 1.0;
+            self.fresh_loss = true;
+        }
+    }
+
+    /// Updates the delay filters with one packet; true when a gap it reveals is congestion.
+    fn on_delay(&mut self, ts: u16, now: Instant) -> bool {
+        while now.saturating_duration_since(self.slot_start) >= DELAY_SLOT {
+            self.slot_start += DELAY_SLOT;
+            self.slot = (self.slot + 1) % DELAY_SLOTS;
+            self.base[self.slot] = i32::MAX;
+            self.peak_queue[self.slot] = 0;
+            if now.saturating_duration_since(self.slot_start) >= DELAY_SLOT * DELAY_SLOTS as u32 {
+                // Long silence: skip ahead instead of looping slot by slot.
+                self.slot_start = now;
+                self.base = [i32::MAX; DELAY_SLOTS];
+                self.peak_queue = [0; DELAY_SLOTS];
+            }
+        }
+        let ticks =
+            (now.saturating_duration_since(self.epoch).as_micros() / TS_TICK_MICROS as u128) as u16;
+        let raw = ticks.wrapping_sub(ts);
+        let origin = *self.owd_origin.get_or_insert(raw);
+        let rel = raw.wrapping_sub(origin) as i16 as i32;
+        self.owd_sum += rel as i64;
+        self.owd_count += 1;
+        let slot = &mut self.base[self.slot];
+        *slot = (*slot).min(rel);
+        let base = self.base.iter().copied().min().unwrap_or(rel);
+        let queue = (rel as i64 - base as i64).max(0);
+        let q32 = queue.min(i32::MAX as i64) as i32;
+        let peak_slot = &mut self.peak_queue[self.slot];
+        *peak_slot = (*peak_slot).max(q32);
+        let peak = self.peak_queue.iter().copied().max().unwrap_or(0) as i64;
+        self.last_queue = queue;
+        queue >= self.congestion_ticks.max(1) && queue * PEAK_FRACTION.1 >= peak * PEAK_FRACTION.0
+    }
+
+    /// True when packets arrived since the last report.
+    pub fn has_news(&self) -> bool {
+        self.since_report > 0
+    }
+
+    /// True when a non-congestion loss was seen since the last report.
+    pub fn has_fresh_loss(&self) -> bool {
+        self.fresh_loss
+    }
+
+    /// The non-congestion loss counts as they stand (the sender side of the same peer uses them
+    /// as a prior when the peer's report rests on few packets).
+    pub fn estimate(&self) -> LossEstimate {
+        self.random
+    }
+
+    /// Losses attributed to congestion since the last call.
+    pub fn take_congestion_losses(&mut self) -> u64 {
+        std::mem::take(&mut self.congestion_lost)
+    }
+
+    /// Queueing delay of the latest packet, microseconds.
+    pub fn queue_delay_us(&self) -> u64 {
+        self.last_queue as u64 * TS_TICK_MICROS
+    }
+
+    /// Produces a report (non-congestion loss only) and ages the window by the time elapsed.
+    pub fn report(&mut self, now: Instant) -> LossReport {
+        let dt = now.saturating_duration_since(self.last_decay);
+        self.last_decay = now;
+        self.random
+            .scale(0.5f64.powf(dt.as_secs_f64() / LOSS_HALF_LIFE.as_secs_f64()));
+        let rate = self.random.rate();
+        let loss_ppm = (rate * 1e6).round().min(1e6) as u32;
+        let burst_milli = (self.random.burst() * 1000.0).round().min(u32::MAX as f64) as u32;
+        let base = self.base.iter().copied().min().unwrap_or(i32::MAX);
+        let queue_delay_us = if self.owd_count == 0 || base == i32::MAX {
+            0
+        } else {
+            let mean = self.owd_sum / self.owd_count;
+            ((mean - base as i64).max(0) as u64 * TS_TICK_MICROS).min(u32::MAX as u64) as u32
+        };
+        let report = LossReport {
+            loss_ppm,
+            burst_milli,
+            queue_delay_us,
+            packets: self.random.packets.round().min(u32::MAX as f64) as u32,
+        };
+        self.since_report = 0;
+        self.fresh_loss = false;
+        self.owd_sum = 0;
+        self.owd_count = 0;
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    const CONG: Duration = Duration::from_millis(10);
+
+    /// Sender and receiver share a clock; `delay_us` is the one-way delay of packet `i`.
+    fn feed(
+        mt: &mut LossMeter,
+        t0: Instant,
+        n: u16,
+        gap_us: u64,
+        lost: impl Fn(u16) -> bool,
+        delay_us: impl Fn(u16) -> u64,
+    ) {
+        for i in 0..n {
+            if lost(i) {
+                continue;
+            }
+            let sent = Duration::from_micros(i as u64 * gap_us);
+            let ts = (sent.as_micros() / TS_TICK_MICROS as u128) as u16;
+            mt.on_packet(i, ts, t0 + sent + Duration::from_micros(delay_us(i)));
+        }
+    }
+
+    #[test]
+    fn meter_counts_gaps_bursts_reorder_and_duplicates() {
+        let t0 = Instant::now();
+        let mut mt = LossMeter::new(t0, CONG);
+        let mut net = 0;
+        for s in [0u16, 1, 2, 5, 6, 4, 6, 7, 10] {
+            net += mt.on_packet(s, 0, t0);
+        }
+        // Gaps: {3,4} then 4 arrives late; {8,9}. Duplicate 6 ignored.
+        assert_eq!(net, 3);
+        let r = mt.report(t0);
+        let decayed = (1.0 - 1.0 / LOSS_WINDOW_PACKETS).powi(10);
+        assert!((r.packets as f64 - 11.0 * decayed).abs() < 1.0, "{r:?}");
+        assert!((r.loss_ppm as f64 - 3e6 / 11.0).abs() < 300.0, "{r:?}");
+        assert_eq!(r.burst_milli, 1500);
+    }
+
+    #[test]
+    fn meter_sees_queue_delay() {
+        let t0 = Instant::now();
+        let mut mt = LossMeter::new(t0, CONG);
+        // Delay grows from 0 to 20 ms over 100 packets 1 ms apart.
+        feed(&mut mt, t0, 100, 1000, |_| false, |i| i as u64 * 200);
+        let r = mt.report(t0 + Duration::from_millis(120));
+        assert!(
+            r.queue_delay_us > 8_000 && r.queue_delay_us < 12_000,
+            "{r:?}"
+        );
+        assert_eq!(r.loss_ppm, 0);
+    }
+
+    #[test]
+    fn sparse_single_losses_are_kept_not_rounded_away() {
+        // 60 packets a second, one loss in 50, reports every 100 ms for 20 s.
+        let t0 = Instant::now();
+        let mut mt = LossMeter::new(t0, CONG);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut last = LossReport::default();
+        let mut nonzero = 0;
+        for i in 0..1200u16 {
+            let now = t0 + Duration::from_micros(i as u64 * 16_667);
+            if rng.gen_bool(0.98) {
+                let ts = ((i as u64 * 16_667) / TS_TICK_MICROS) as u16;
+                mt.on_packet(i, ts, now + Duration::from_millis(50));
+            }
+            if i % 6 == 5 {
+                last = mt.report(now);
+                nonzero += (last.loss_ppm > 0) as u32;
+            }
+        }
+        // After the first seconds every report carries the loss, near 2%.
+        assert!(nonzero >= 190, "only {nonzero} of 200 reports saw loss");
+        assert!(
+            (10_000..35_000).contains(&last.loss_ppm),
+            "estimate {last:?}"
+        );
+    }
+
+    #[test]
+    fn zero_loss_reports_exactly_zero_and_old_loss_fades() {
+        let t0 = Instant::now();
+        let mut mt = LossMeter::new(t0, CONG);
+        feed(&mut mt, t0, 20_000, 100, |_| false, |_| 1000);
+        assert_eq!(mt.report(t0 + Duration::from_secs(2)).loss_ppm, 0);
+        // One loss, then a long lossless stretch: the rate returns to exactly zero.
+        let mut mt = LossMeter::new(t0, CONG);
+        feed(&mut mt, t0, 30_000, 100, |i| i == 10, |_| 1000);
+        assert_eq!(mt.report(t0 + Duration::from_secs(3)).loss_ppm, 0);
+        // And a quiet flow forgets by time.
+        let mut mt = LossMeter::new(t0, CONG);
+        feed(&mut mt, t0, 100, 10_000, |i| i == 10, |_| 1000);
+        assert!(mt.report(t0 + Duration::from_secs(1)).loss_ppm > 0);
+        mt.on_packet(100, 0, t0 + Duration::from_secs(31));
+        assert_eq!(mt.report(t0 + Duration::from_secs(31)).loss_ppm, 0);
+    }
+
+    #[test]
+    fn drops_at_a_queue_delay_peak_are_congestion_not_link_loss() {
+        // A sender overfills a drop-tail queue: delay ramps 0 → 100 ms, then every 20th packet
+        // is dropped while the queue stays full (bursts of 8), as BBR's overshoot does.
+        let t0 = Instant::now();
+        let mut mt = LossMeter::new(t0, CONG);
+        let n = 20_000u16;
+        let delay = |i: u16| (i as u64 * 10).min(100_000);
+        let lost = |i: u16| i > 12_000 && (i % 160) < 8;
+        let mut net = 0i64;
+        for i in 0..n {
+            if lost(i) {
+                continue;
+            }
+            let sent = i as u64 * 100;
+            net += mt.on_packet(
+                i,
+                (sent / TS_TICK_MICROS) as u16,
+                t0 + Duration::from_micros(sent + delay(i)),
+            );
+        }
+        assert!(net >= 390, "gaps still count as losses: {net}");
+        let r = mt.report(t0 + Duration::from_secs(2));
+        assert_eq!(r.loss_ppm, 0, "{r:?}");
+        assert_eq!(mt.take_congestion_losses(), net as u64);
+    }
+
+    #[test]
+    fn random_loss_at_a_flat_delay_counts_even_with_a_standing_queue() {
+        let t0 = Instant::now();
+        for flat_ms in [0u64, 40] {
+            let mut mt = LossMeter::new(t0, CONG);
+            let mut rng = ChaCha8Rng::seed_from_u64(flat_ms);
+            let lost: Vec<bool> = (0..20_000).map(|_| rng.gen_bool(0.01)).collect();
+            feed(
+                &mut mt,
+                t0,
+                20_000,
+                100,
+                |i| lost[i as usize],
+                |_| flat_ms * 1000,
+            );
+            let r = mt.report(t0 + Duration::from_secs(2));
+            assert!(
+                (7_000..13_000).contains(&r.loss_ppm),
+                "flat {flat_ms} ms: {r:?}"
+            );
+            assert!(r.burst_milli < 1_100, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn random_loss_is_measured_beside_congestion_drops() {
+        // 1% random loss on a path whose queue saws between 40 and 100 ms and overflows at the
+        // top: the random rate is still found, the overflow drops are not in it.
+        let t0 = Instant::now();
+        let mut mt = LossMeter::new(t0, CONG);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let n = 40_000u16;
+        let saw = |i: u16| 40_000 + (i as u64 % 4000) * 15; // 40 → 100 ms, 0.4 s period
+        let random: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.01)).collect();
+        let overflow = |i: u16| i % 4000 >= 3990;
+        feed(
+            &mut mt,
+            t0,
+            n,
+            100,
+            |i| random[i as usize] || overflow(i),
+            saw,
+        );
+        let r = mt.report(t0 + Duration::from_secs(4));
+        assert!((6_000..14_000).contains(&r.loss_ppm), "{r:?}");
+        assert!(mt.take_congestion_losses() >= 90);
+    }
+}
