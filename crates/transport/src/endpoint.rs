@@ -50,6 +50,14 @@ pub fn transport_config(t: &Tunnel) -> Result<TransportConfig, Error> {
         .initial_mtu(mtu)
         .max_concurrent_bidi_streams(VarInt::from_u32(t.max_flows))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
+    if t.fec != Fec::Off {
+        // A packet FEC rebuilds arrives up to a whole interleaved round of blocks late; quinn
+        // must not call it lost on reordering before that (it never undoes a loss: a spurious
+        // retransmission and, for Cubic, a window cut). The time threshold still bounds how
+        // late a real loss is found.
+        let span = FecConfig::new(fec_mode(t.fec)).reorder_span().max(3);
+        tc.packet_threshold(span.saturating_add(3));
+    }
     match t.congestion {
         Congestion::Bbr => {
             tc.congestion_controller_factory(Arc::new(crate::congestion::BbrConfig::default()))

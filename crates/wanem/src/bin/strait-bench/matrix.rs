@@ -91,6 +91,10 @@ pub const WORKLOADS: &[(&str, &str)] = &[
     ("jsonl", "JSONL text dataset"),
     ("jpeg", "JPEG-like image shards (incompressible)"),
     (
+        "bulk",
+        "one incompressible object, 4× the cell size (issue 4's transport targets)",
+    ),
+    (
         "ckpt-v2",
         "safetensors bf16 checkpoint v2 (20% of tensors changed; v1 held)",
     ),
@@ -201,6 +205,12 @@ pub fn generate_files(root: &Path, key: &str, size: usize, seed: u64) -> Result<
                 .collect();
             (vec![], t)
         }
+        // One object: the transport targets are about filling the link, not about the round
+        // trip each of several sequential HTTP/1.0 fetches costs (the jpeg cell has four).
+        "bulk" => (
+            vec![],
+            vec![("bulk.bin".into(), g::jpeg_like(seed + 7, size))],
+        ),
         "ckpt-v2" => {
             // At least ~32 tensors, so "20% changed" changes several at every size.
             let elements = (size / 64).clamp(1 << 14, 1 << 19);
@@ -511,7 +521,7 @@ impl Cell<'_> {
             Side::A,
             "rsync",
             &format!(
-                "exec rsync -rz --inplace --no-whole-file rsync://{}:{RSYNC_PORT}/d/ {}/",
+                "exec rsync -rz --inplace --no-whole-file --ignore-times rsync://{}:{RSYNC_PORT}/d/ {}/",
                 self.wan.addr_b(),
                 dest.display()
             ),
