@@ -97,6 +97,58 @@ fn web_pair(srv: &ObjectServer, extra: IngressCfg) -> IngressPair {
     p
 }
 
+/// Issue 7's "same URL" bases: the sketch index is at its smallest (1 MiB, ~3k chunks) and a
+/// 256 MiB unrelated download pushes both v1s out of it, so only the previous version of the
+/// same URL can still name bases. Object A's v2 comes back under A's URL, object B's v2 (same
+/// kind of edit) under a new URL: A must cost a fraction of B.
+#[test]
+fn refetched_url_uses_its_previous_version_as_delta_bases() {
+    let _h = heavy();
+    require_python();
+    let srv = ObjectServer::start(None).unwrap();
+    let a1 = strait_datagen::jsonl(71, 8 * MIB);
+    let b1 = strait_datagen::jsonl(72, 8 * MIB);
+    let (a2, b2) = (
+        strait_datagen::jsonl_edit(73, &a1, 0.02),
+        strait_datagen::jsonl_edit(74, &b1, 0.02),
+    );
+    srv.put_file("data/a.jsonl", &a1).unwrap();
+    srv.put_file("data/b.jsonl", &b1).unwrap();
+    srv.put_file("data/filler.bin", &seeded::bytes(75, 256 * MIB))
+        .unwrap();
+    let p = web_pair(
+        &srv,
+        IngressCfg {
+            dedup_extra: "sketch_index_bytes = \"1MiB\"\n".into(),
+            ..IngressCfg::default()
+        },
+    );
+    let url = |name: &str| format!("{}/data/{name}", p.url("web"));
+    assert_same("a v1", &curl_get(&[], &url("a.jsonl")), &a1);
+    assert_same("b v1", &curl_get(&[], &url("b.jsonl")), &b1);
+    curl_get(&[], &url("filler.bin"));
+    srv.put_file("data/a.jsonl", &a2).unwrap();
+    srv.put_file("data/b2.jsonl", &b2).unwrap();
+    let s0 = route_now(&p.edge_stats(), "web", "download");
+    assert_same("a v2, same URL", &curl_get(&[], &url("a.jsonl")), &a2);
+    let s1 = route_now(&p.edge_stats(), "web", "download");
+    assert_same("b v2, new URL", &curl_get(&[], &url("b2.jsonl")), &b2);
+    let s2 = route_now(&p.edge_stats(), "web", "download");
+    let (same, new) = (s1.since(&s0), s2.since(&s1));
+    let hints = metric(&p.core_metrics(), "strait_delta_version_objects", "").unwrap();
+    eprintln!("same URL: {same:?}\nnew URL: {new:?}\nversions held by the core: {hints}");
+    assert!(
+        hints >= 3.0,
+        "the core remembers a, b and the filler: {hints}"
+    );
+    assert!(
+        same.wan_bytes * 4 < new.wan_bytes,
+        "same-URL v2 crossed in {} WAN bytes, new-URL v2 in {}",
+        same.wan_bytes,
+        new.wan_bytes
+    );
+}
+
 #[test]
 fn curl_get_range_and_chunked_put_through_route_and_proxy_with_second_get_by_reference() {
     let _l = light();

@@ -110,6 +110,8 @@ pub struct IngressCfg {
     pub core_place: Place,
     /// Where the edge runs.
     pub edge_place: Place,
+    /// Extra lines for `[dedup]` of both sides.
+    pub dedup_extra: String,
 }
 
 impl Default for IngressCfg {
@@ -123,6 +125,7 @@ impl Default for IngressCfg {
             edge_policy: String::new(),
             core_listen: "127.0.0.1:0".into(),
             core_place: Place::Here,
+            dedup_extra: String::new(),
             edge_place: Place::Here,
         }
     }
@@ -180,8 +183,10 @@ impl IngressPair {
             .tempdir()?;
         let certs_dir = dir.path().join("certs");
         certs(&certs_dir, &[])?;
+        let mut core_common = common(dir.path(), &certs_dir, "core", "core-localhost");
+        core_common.dedup_extra = cfg.dedup_extra.clone();
         let mut core_toml = CoreCfg {
-            common: common(dir.path(), &certs_dir, "core", "core-localhost"),
+            common: core_common,
             listen: cfg.core_listen.clone(),
             services: Vec::new(),
         }
@@ -214,8 +219,10 @@ impl IngressPair {
         let l = core.wait_log(&["admin server listening"], START_TIMEOUT)?;
         let core_admin = addr_after(&l, "admin=")?;
 
+        let mut edge_common = common(dir.path(), &certs_dir, "edge", "edge-edge-a");
+        edge_common.dedup_extra = cfg.dedup_extra.clone();
         let mut edge_toml = EdgeCfg {
-            common: common(dir.path(), &certs_dir, "edge", "edge-edge-a"),
+            common: edge_common,
             core: tunnel.to_string(),
             server_name: "localhost".into(),
             flow_wait: "10s".into(),
@@ -316,6 +323,11 @@ impl IngressPair {
     /// The edge's `/metrics`.
     pub fn edge_metrics(&self) -> String {
         admin::metrics(self.edge_admin).expect("edge /metrics")
+    }
+
+    /// The core's `/metrics`.
+    pub fn core_metrics(&self) -> String {
+        admin::metrics(self.core_admin).expect("core /metrics")
     }
 
     /// SIGTERM to edge then core; both must exit 0.

@@ -103,7 +103,13 @@ pub struct FlowEncoder {
     scratch: Vec<u8>,
     stats: Arc<RouteStats>,
     ended: bool,
+    /// Ids of the chunks sent, in order, while recording ([`FlowEncoder::record_sent_ids`]).
+    sent_ids: Option<Vec<ChunkId>>,
 }
+
+/// Most ids [`FlowEncoder::take_sent_ids`] buffers between takes (a caller that forgets to take
+/// them loses the oldest, never grows memory).
+pub const MAX_SENT_IDS: usize = 1 << 16;
 
 impl FlowEncoder {
     /// An encoder sending to `peer`, storing into `store`, counting into `stats`.
@@ -137,6 +143,25 @@ impl FlowEncoder {
             scratch: Vec::new(),
             stats,
             ended: false,
+            sent_ids: None,
+        }
+    }
+
+    /// Starts (or stops) recording the id of every chunk sent, for
+    /// [`FlowEncoder::take_sent_ids`] (the HTTP layer remembers an object's chunks as hints for
+    /// its next version).
+    pub fn record_sent_ids(&mut self, on: bool) {
+        match (on, self.sent_ids.is_some()) {
+            (true, false) => self.sent_ids = Some(Vec::new()),
+            (false, true) => self.sent_ids = None,
+            _ => {}
+        }
+    }
+
+    /// Moves the ids recorded since the last call into `out`.
+    pub fn take_sent_ids(&mut self, out: &mut Vec<ChunkId>) {
+        if let Some(v) = self.sent_ids.as_mut() {
+            out.append(v);
         }
     }
 
@@ -465,6 +490,11 @@ impl FlowEncoder {
 
     fn emit_chunk(&mut self, chunk: Bytes, out: &mut BytesMut) {
         let id = self.hasher.id(&chunk).0;
+        if let Some(v) = self.sent_ids.as_mut() {
+            if v.len() < MAX_SENT_IDS {
+                v.push(ChunkId(id));
+            }
+        }
         let len = chunk.len();
         self.stats.logical_bytes.fetch_add(len as u64, Relaxed);
         let mut in_run = false;

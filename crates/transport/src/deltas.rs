@@ -10,6 +10,8 @@ use strait_dedup::{DeltaStats, SketchIndex};
 pub struct Deltas {
     /// The sketch index shared by every flow.
     pub index: Arc<SketchIndex>,
+    /// Last versions of HTTP objects, hinted as bases when they cross again.
+    pub versions: Arc<crate::versions::Versions>,
     stats: Mutex<BTreeMap<(String, Direction), Arc<DeltaStats>>>,
 }
 
@@ -18,6 +20,7 @@ impl Deltas {
     pub fn new(index_bytes: u64) -> Arc<Deltas> {
         Arc::new(Deltas {
             index: Arc::new(SketchIndex::new(index_bytes)),
+            versions: Arc::new(crate::versions::Versions::new()),
             stats: Mutex::new(BTreeMap::new()),
         })
     }
@@ -84,6 +87,19 @@ impl Deltas {
                 help: "Chunks in the resemblance-sketch index.".into(),
                 kind: "gauge",
                 samples: vec![(Vec::new(), idx.entries as f64)],
+            },
+            ExtraFamily {
+                name: "delta_version_objects".into(),
+                help: "HTTP objects whose last version's chunks are kept as delta-base hints."
+                    .into(),
+                kind: "gauge",
+                samples: vec![(Vec::new(), self.versions.len().0 as f64)],
+            },
+            ExtraFamily {
+                name: "delta_version_ids".into(),
+                help: "Chunk ids kept as delta-base hints of HTTP objects' last versions.".into(),
+                kind: "gauge",
+                samples: vec![(Vec::new(), self.versions.len().1 as f64)],
             },
             ExtraFamily {
                 name: "sketch_index_bytes".into(),

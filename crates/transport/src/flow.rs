@@ -81,6 +81,9 @@ pub struct FlowParts {
     pub expect_open_ok: bool,
     /// Rate cap of what this side reads from its client (the flow's class policy).
     pub rate: Option<strait_classify::TokenBucket>,
+    /// HTTP objects crossing this flow, whose previous versions are hinted as delta bases
+    /// (`None` when delta is off).
+    pub versions: Option<crate::versions::Tracker>,
 }
 
 /// Byte counts of one flow, for per-class statistics.
@@ -131,7 +134,15 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
         prefix,
         expect_open_ok,
         mut rate,
+        versions,
     } = parts;
+    // Shared by both halves; never held across an await.
+    let versions = std::sync::Mutex::new(versions);
+    let sends_requests = matches!(
+        versions.lock().ok().as_deref(),
+        Some(Some(t)) if t.sends() == crate::versions::Sends::Requests
+    );
+    let mut sent_ids = Vec::new();
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Ctl>(FLOW_CTL_QUEUE);
     let result = {
         let (mut client_r, mut client_w) = tokio::io::split(&mut stream);
@@ -163,7 +174,33 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                             Ok(n) => {
                                 totals.tx_logical.fetch_add(n as u64, Relaxed);
-                                encoder.push(&buf[..n], &mut out);
+                                {
+                                    let mut v = versions.lock().unwrap_or_else(|e| e.into_inner());
+                                    if let Some(t) = v.as_mut() {
+                                        // Chunks flushed since the last read belong to the
+                                        // object before any that begins now.
+                                        encoder.take_sent_ids(&mut sent_ids);
+                                        t.on_sent_ids(&sent_ids);
+                                        sent_ids.clear();
+                                        let ev = if sends_requests {
+                                            t.on_request_bytes(&buf[..n])
+                                        } else {
+                                            t.on_response_bytes()
+                                        };
+                                        if let crate::versions::Event::Begin(hints) = ev {
+                                            if let Some(h) = hints {
+                                                encoder.add_base_hints(&h);
+                                            }
+                                            encoder.record_sent_ids(true);
+                                        }
+                                    }
+                                    encoder.push(&buf[..n], &mut out);
+                                    if let Some(t) = v.as_mut().filter(|t| t.recording()) {
+                                        encoder.take_sent_ids(&mut sent_ids);
+                                        t.on_sent_ids(&sent_ids);
+                                        sent_ids.clear();
+                                    }
+                                }
                                 if let Some(wait) = rate.as_mut().and_then(|r| r.take(n as u64, std::time::Instant::now())) {
                                     // The class's rate cap: hold the client back (backpressure).
                                     tokio::time::sleep(wait).await;
@@ -194,6 +231,10 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     totals.tx_wan.fetch_add(out.len() as u64, Relaxed);
                     out.clear();
                 }
+            }
+            if let Some(t) = versions.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                encoder.take_sent_ids(&mut sent_ids);
+                t.on_sent_ids(&sent_ids);
             }
             send.finish()
                 .map_err(|e| FlowError::Tunnel(e.to_string()))?;
@@ -245,6 +286,15 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                                 ctl(Ctl::Send(Frame::Want(std::mem::take(&mut wants)))).await?;
                             }
                             while let Some(b) = decoder.pop_ready() {
+                                if let Some(t) =
+                                    versions.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+                                {
+                                    if sends_requests {
+                                        t.on_response_bytes();
+                                    } else {
+                                        t.on_request_bytes(&b);
+                                    }
+                                }
                                 client_w.write_all(&b).await.map_err(FlowError::Client)?;
                                 totals.rx_logical.fetch_add(b.len() as u64, Relaxed);
                             }
@@ -429,6 +479,16 @@ impl Engine {
             rate: spec
                 .rate_limit
                 .map(strait_classify::TokenBucket::with_default_burst),
+            versions: delta.then(|| {
+                crate::versions::Tracker::new(
+                    match spec.sending {
+                        strait_admin::Direction::Upload => crate::versions::Sends::Requests,
+                        strait_admin::Direction::Download => crate::versions::Sends::Responses,
+                    },
+                    spec.route,
+                    self.deltas.versions.clone(),
+                )
+            }),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod deltas;
 pub mod endpoint;
 pub mod flow;
 pub mod tls;
+pub mod versions;
 
 /// Errors of the transport layer.
 #[derive(Debug, thiserror::Error)]
