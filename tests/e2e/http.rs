@@ -97,9 +97,9 @@ fn web_pair(srv: &ObjectServer, extra: IngressCfg) -> IngressPair {
     p
 }
 
-/// Issue 7's "same URL" bases: the sketch index is at its smallest (1 MiB, ~3k chunks) and a
-/// 256 MiB unrelated download pushes both v1s out of it, so only the previous version of the
-/// same URL can still name bases. Object A's v2 comes back under A's URL, object B's v2 (same
+/// Issue 7's "same URL" bases: the sketch index is at its smallest (1 MiB, ~3k chunks; 16 KiB
+/// average chunks) and a 96 MiB unrelated download pushes both v1s out of it, so only the previous
+/// version of the same URL can still name bases. Object A's v2 comes back under A's URL, object B's v2 (same
 /// kind of edit) under a new URL: A must cost a fraction of B.
 #[test]
 fn refetched_url_uses_its_previous_version_as_delta_bases() {
@@ -114,12 +114,14 @@ fn refetched_url_uses_its_previous_version_as_delta_bases() {
     );
     srv.put_file("data/a.jsonl", &a1).unwrap();
     srv.put_file("data/b.jsonl", &b1).unwrap();
-    srv.put_file("data/filler.bin", &seeded::bytes(75, 256 * MIB))
+    srv.put_file("data/filler.bin", &seeded::bytes(75, 96 * MIB))
         .unwrap();
     let p = web_pair(
         &srv,
         IngressCfg {
-            dedup_extra: "sketch_index_bytes = \"1MiB\"\n".into(),
+            dedup_extra: "sketch_index_bytes = \"1MiB\"\nmin_chunk = \"4KiB\"\n\
+                          avg_chunk = \"16KiB\"\nmax_chunk = \"64KiB\"\n"
+                .into(),
             ..IngressCfg::default()
         },
     );
