@@ -251,7 +251,7 @@ impl FlowEncoder {
                         Bytes::copy_from_slice(&data[..n])
                     } else {
                         self.partial.extend_from_slice(&data[..n]);
-                        Bytes::from(std::mem::take(&mut self.partial))
+                        self.take_partial()
                     };
                     self.emit_chunk(chunk, out);
                     data = &data[n..];
@@ -266,7 +266,7 @@ impl FlowEncoder {
                         // an unchanged record keeps its chunks whatever its neighbours did.
                         self.chunker.reset();
                         if !self.partial.is_empty() {
-                            let chunk = Bytes::from(std::mem::take(&mut self.partial));
+                            let chunk = self.take_partial();
                             self.emit_chunk(chunk, out);
                         }
                     }
@@ -276,6 +276,16 @@ impl FlowEncoder {
         if self.refs.len() >= REF_BATCH {
             self.emit_refs(out);
         }
+    }
+
+    /// The partial chunk, handed over without a copy. Trimmed to its length first: it grew by
+    /// doubling, and a held chunk must not pin up to twice the bytes the window accounts for
+    /// (shrinking is in place with common allocators; copying into an exact buffer instead
+    /// measured 5 % slower with 16 KiB reads).
+    fn take_partial(&mut self) -> Bytes {
+        let mut chunk = std::mem::take(&mut self.partial);
+        chunk.shrink_to_fit();
+        Bytes::from(chunk)
     }
 
     /// Whether a partial chunk, pending references or an open delta run wait for
@@ -293,7 +303,7 @@ impl FlowEncoder {
     /// it would have without the flush: one chunk is split in two, every later one is unchanged.
     pub fn flush(&mut self, out: &mut BytesMut) {
         if !self.partial.is_empty() {
-            let chunk = Bytes::from(std::mem::take(&mut self.partial));
+            let chunk = self.take_partial();
             self.emit_chunk(chunk, out);
         }
         self.close_run(out);
@@ -322,6 +332,11 @@ impl FlowEncoder {
     /// Whether everything sent has been acknowledged.
     pub fn all_acked(&self) -> bool {
         self.acked_items == self.sent_items
+    }
+
+    /// Items (literals, references, run items) sent so far: what the peer acknowledges.
+    pub fn sent_items(&self) -> u64 {
+        self.sent_items
     }
 
     /// Bytes held for possible re-sending.
