@@ -182,6 +182,9 @@ pub struct FecConfig {
     pub congestion_delay: Duration,
     /// Which erasure code the sender uses (the receiver decodes both).
     pub coder: CoderKind,
+    /// Adaptive mode: protect a connection's first packets for an assumed loss until the peer
+    /// has measured the path (see [`crate::controller::STARTUP_LOSS`]).
+    pub startup_prior: bool,
     /// Test-only: probability that the socket wrapper drops an outgoing datagram.
     #[doc(hidden)]
     pub test_drop_rate: f64,
@@ -207,6 +210,7 @@ impl FecConfig {
             report_interval: Duration::from_millis(100),
             congestion_delay: Duration::from_millis(10),
             coder: CoderKind::default(),
+            startup_prior: true,
             test_drop_rate: 0.0,
             test_seed: 0,
         }

@@ -12,7 +12,7 @@ use crate::{
 };
 
 pub use crate::meter::{
-    LossEstimate, LossMeter, LOSS_HALF_LIFE, LOSS_WINDOW_PACKETS, MAX_COUNTED_GAP,
+    LossEstimate, LossMeter, LOSS_HALF_LIFE, LOSS_WINDOW_PACKETS, MAX_COUNTED_GAP, REORDER_SPAN,
 };
 
 /// Any block may get up to this many repair packets whatever the ratio cap says (when it allows
@@ -25,6 +25,18 @@ pub const SMALL_BLOCK_REPAIR: usize = 4;
 /// direction fills the rest of the sample (the peer of a sparse sender sees too few packets to
 /// tell 2% loss from none; the reverse direction usually has the same link).
 pub const PRIOR_PACKETS: f64 = 2000.0;
+/// Loss assumed until the peer has measured our first [`STARTUP_PACKETS`] packets: the first
+/// losses of a connection come before any report can, and a loss-based congestion controller
+/// (Cubic) that sees them leaves slow start with a small window it then grows for seconds at
+/// 100 ms. 1% is the random loss of a poor WAN path; the configured target is still applied.
+pub const STARTUP_LOSS: f64 = 0.01;
+/// Source packets a connection sends under the start-up prior (by then a lossy path has shown
+/// its loss in the peer's reports).
+pub const STARTUP_PACKETS: u64 = 2000;
+/// Repair packets the start-up prior may cost per connection (of the whole connection's
+/// traffic: about 0.25% of a 25 MiB transfer at zero loss); after that only measured loss
+/// buys repair.
+pub const STARTUP_REPAIR_BUDGET: u64 = 48;
 
 /// Probability that a block of `k` sources and `m` repairs loses more than `m` packets, under a
 /// Gilbert loss model with loss rate `p`, mean burst `burst`, the block spread with stride `d`.
@@ -119,33 +131,75 @@ pub struct RepairPlanner {
     mode: FecMode,
     k: usize,
     plan: Plan,
+    /// Loss rate and mean burst of the latest report (blended with the reverse direction).
+    measured: (f64, f64),
+    /// The start-up prior, while it lasts: (source packets sent, repair packets left).
+    startup: Option<(u64, u64)>,
 }
 
 impl RepairPlanner {
-    /// Planner for `mode`; adaptive starts with zero repair until a report says otherwise.
+    /// Planner for `mode`. Adaptive starts under the start-up prior ([`STARTUP_LOSS`]) until
+    /// [`STARTUP_PACKETS`] source packets or [`STARTUP_REPAIR_BUDGET`] repair packets are sent;
+    /// from then on repair follows measured loss only (none at zero loss).
     pub fn new(mode: FecMode, adaptive_k: usize) -> Self {
-        let plan = match mode {
-            FecMode::Fixed { k, m } => Plan {
+        let fixed = match mode {
+            FecMode::Fixed { k, m } => Some(Plan {
                 k: k as usize,
                 depth: 1,
                 repair: vec![m as usize; k as usize + 1],
-            },
-            _ => Plan {
+            }),
+            _ => None,
+        };
+        let startup =
+            matches!(mode, FecMode::Adaptive { .. }).then_some((0, STARTUP_REPAIR_BUDGET));
+        let mut pl = RepairPlanner {
+            mode,
+            k: fixed.as_ref().map_or(adaptive_k, |p| p.k),
+            plan: fixed.unwrap_or(Plan {
                 k: adaptive_k,
                 depth: 1,
                 repair: vec![0; adaptive_k + 1],
-            },
+            }),
+            measured: (0.0, 1.0),
+            startup,
         };
-        RepairPlanner {
-            mode,
-            k: plan.k,
-            plan,
-        }
+        pl.replan();
+        pl
+    }
+
+    /// Adaptive without the start-up prior: zero repair until a report says otherwise.
+    pub fn without_startup(mode: FecMode, adaptive_k: usize) -> Self {
+        let mut pl = RepairPlanner::new(mode, adaptive_k);
+        pl.end_startup();
+        pl
     }
 
     /// Current plan.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// True while the start-up prior is in force.
+    pub fn in_startup(&self) -> bool {
+        self.startup.is_some()
+    }
+
+    /// Counts sent packets against the start-up prior's packet and repair budgets.
+    pub fn on_sent(&mut self, sources: u64, repairs: u64) {
+        let Some((sent, left)) = self.startup.as_mut() else {
+            return;
+        };
+        *sent += sources;
+        *left = left.saturating_sub(repairs);
+        if *sent >= STARTUP_PACKETS || *left == 0 {
+            self.end_startup();
+        }
+    }
+
+    fn end_startup(&mut self) {
+        if self.startup.take().is_some() {
+            self.replan();
+        }
     }
 
     /// Feeds a receiver report.
@@ -156,10 +210,22 @@ impl RepairPlanner {
     /// Feeds a receiver report; `reverse` is what our own receiver measures on the opposite
     /// direction, weighed in only for the part of [`PRIOR_PACKETS`] the report does not cover.
     pub fn on_report_with_prior(&mut self, report: LossReport, reverse: LossEstimate) {
+        self.measured = blend(report, reverse);
+        self.replan();
+    }
+
+    fn replan(&mut self) {
         let FecMode::Adaptive { target, max_ratio } = self.mode else {
             return;
         };
-        let (p, burst) = blend(report, reverse);
+        let (mut p, mut burst) = self.measured;
+        if self.startup.is_some() && p < STARTUP_LOSS {
+            // Loss already measured keeps its burst length; the prior itself is random loss.
+            if p == 0.0 {
+                burst = 1.0;
+            }
+            p = STARTUP_LOSS;
+        }
         let cap = repair_cap(self.k, max_ratio);
         // Depth: the shallowest that needs the least repair for a full block.
         let mut best = (usize::MAX, 1);
@@ -244,7 +310,7 @@ mod tests {
 
     #[test]
     fn zero_loss_plans_zero_repair() {
-        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32);
+        let mut pl = RepairPlanner::without_startup(FecMode::adaptive(), 32);
         assert!(pl.plan().is_unprotected());
         pl.on_report(report(0, 0, 0));
         assert!(pl.plan().is_unprotected());
@@ -252,9 +318,60 @@ mod tests {
     }
 
     #[test]
+    fn startup_prior_protects_the_first_packets_then_zero_loss_means_zero_repair() {
+        let mut pl = RepairPlanner::new(FecMode::adaptive(), 64);
+        assert!(pl.in_startup());
+        // Before any report: planned for STARTUP_LOSS of independent loss.
+        let m = pl.plan().m_for(64);
+        assert!(m >= 1 && block_failure_probability(64, m, 1, STARTUP_LOSS, 1.0) <= DEFAULT_TARGET);
+        assert!(pl.plan().m_for(1) >= 1);
+        // A lossless report on few packets does not end the prior.
+        pl.on_report(LossReport {
+            packets: 300,
+            ..report(0, 0, 0)
+        });
+        assert_eq!(pl.plan().m_for(64), m);
+        // Measured loss above the prior wins, with its burst.
+        pl.on_report(LossReport {
+            packets: 300,
+            ..report(30_000, 1030, 0)
+        });
+        assert!(pl.plan().m_for(64) > m);
+        pl.on_report(LossReport {
+            packets: 900,
+            ..report(0, 0, 0)
+        });
+        pl.on_sent(STARTUP_PACKETS - 1, 10);
+        assert!(pl.in_startup());
+        pl.on_sent(1, 0);
+        assert!(!pl.in_startup());
+        // The meter measured zero loss: exactly zero repair from now on.
+        assert!(pl.plan().is_unprotected(), "{:?}", pl.plan());
+        pl.on_report(report(0, 0, 0));
+        assert!(pl.plan().is_unprotected());
+    }
+
+    #[test]
+    fn startup_prior_ends_when_its_repair_budget_is_spent() {
+        let mut pl = RepairPlanner::new(FecMode::adaptive(), 64);
+        pl.on_sent(10, STARTUP_REPAIR_BUDGET - 1);
+        assert!(pl.in_startup());
+        pl.on_sent(1, 1);
+        assert!(!pl.in_startup());
+        assert!(pl.plan().is_unprotected());
+        // Measured loss still buys repair afterwards.
+        pl.on_report(report(10_000, 1010, 0));
+        assert!(pl.plan().m_for(64) >= 1);
+        // Fixed mode has no prior.
+        let fixed = RepairPlanner::new(FecMode::Fixed { k: 8, m: 2 }, 64);
+        assert!(!fixed.in_startup());
+        assert_eq!(fixed.plan().m_for(8), 2);
+    }
+
+    #[test]
     fn one_percent_random_loss_gets_sufficient_and_minimal_repair() {
         let target = 1e-4;
-        let mut pl = RepairPlanner::new(
+        let mut pl = RepairPlanner::without_startup(
             FecMode::Adaptive {
                 target,
                 max_ratio: 0.5,
@@ -276,7 +393,7 @@ mod tests {
 
     #[test]
     fn repair_ratio_is_capped() {
-        let mut pl = RepairPlanner::new(
+        let mut pl = RepairPlanner::without_startup(
             FecMode::Adaptive {
                 target: 1e-9,
                 max_ratio: 0.25,
@@ -295,7 +412,7 @@ mod tests {
 
     #[test]
     fn bursty_loss_is_interleaved() {
-        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32);
+        let mut pl = RepairPlanner::without_startup(FecMode::adaptive(), 32);
         pl.on_report(report(10_000, 4000, 0));
         assert!(pl.plan().depth >= 3, "depth {}", pl.plan().depth);
         let d = pl.plan().depth;
@@ -309,7 +426,7 @@ mod tests {
     fn small_blocks_get_repair_beyond_the_ratio_cap() {
         // 2% loss: a 2-packet request gets 3 repair packets (⌈2·0.5⌉ = 1 would leave a 1.2e-3
         // failure rate), a full block stays within the ratio.
-        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32);
+        let mut pl = RepairPlanner::without_startup(FecMode::adaptive(), 32);
         pl.on_report(report(20_000, 1020, 0));
         assert_eq!(pl.plan().m_for(1), 2);
         assert_eq!(pl.plan().m_for(2), 3);
@@ -336,7 +453,7 @@ mod tests {
             queue_delay_us: 0,
             packets: 100,
         };
-        let mut pl = RepairPlanner::new(FecMode::adaptive(), 32);
+        let mut pl = RepairPlanner::without_startup(FecMode::adaptive(), 32);
         pl.on_report_with_prior(sparse, reverse);
         assert!(pl.plan().m_for(2) >= 1, "{:?}", pl.plan());
         // A well-sampled lossless forward direction ignores the reverse one.

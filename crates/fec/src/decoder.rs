@@ -59,6 +59,22 @@ impl Block {
             }
         }
     }
+    /// What a failed block looked like (for finding which blocks the planner under-protects).
+    fn log_unrecoverable(&self, id: u16, when: &'static str) {
+        let top = self.shape.map_or(self.sources.len(), |s| s.0);
+        let have_src = (0..top).filter(|&i| self.is_delivered(i)).count();
+        let have_rep = self.repairs.iter().flatten().count();
+        tracing::debug!(
+            block = id,
+            when,
+            k = self.shape.map(|s| s.0),
+            m = self.shape.map(|s| s.1),
+            have_src,
+            have_rep,
+            "FEC block unrecoverable"
+        );
+    }
+
     fn free(&mut self) -> usize {
         self.sources = Vec::new();
         self.repairs = Vec::new();
@@ -239,6 +255,11 @@ impl Decoder {
 
     fn count(&mut self, seq: u16, ts: u16, now: Instant) {
         let delta = self.meter.on_packet(seq, ts, now);
+        self.account(delta);
+    }
+
+    /// Adds finalized losses (and congestion losses) to the counters.
+    fn account(&mut self, delta: i64) {
         let congestion = self.meter.take_congestion_losses();
         if congestion > 0 {
             FecStats::add(&self.stats.congestion_losses, congestion);
@@ -326,6 +347,7 @@ impl Decoder {
         }
         if b.missing_sources() {
             FecStats::add(&self.stats.blocks_unrecoverable, 1);
+            b.log_unrecoverable(id, "decode");
         }
         b.done = true;
         self.bytes -= b.free();
@@ -340,6 +362,7 @@ impl Decoder {
             if let Some(mut b) = self.blocks.remove(&id) {
                 if !b.done && b.missing_sources() {
                     FecStats::add(&self.stats.blocks_unrecoverable, 1);
+                    b.log_unrecoverable(id, "expired");
                 }
                 self.bytes -= b.free();
             }
@@ -384,6 +407,8 @@ impl Decoder {
             return None;
         }
         self.last_report = now;
+        let settled = self.meter.settle();
+        self.account(settled);
         let r = self.meter.report(now);
         FecStats::set(&self.stats.loss_ppm, r.loss_ppm as u64);
         FecStats::set(&self.stats.mean_burst_milli, r.burst_milli as u64);

@@ -20,6 +20,8 @@ use crate::{
 
 /// Wire packets waiting to be taken; bounds memory if a caller never drains.
 pub const MAX_ENCODER_OUTBOX: usize = 4096;
+/// A pause longer than this many times the sender's smoothed packet gap means it went idle.
+pub const IDLE_PACE_FACTOR: u32 = 2;
 
 struct OpenBlock {
     id: u16,
@@ -40,6 +42,9 @@ pub struct Encoder {
     cursor: usize,
     round_opened: Option<Instant>,
     last_send: Option<Instant>,
+    /// Smoothed gap between packets sent less than `max_block_delay` apart: the sender's own
+    /// pace (a paced congestion controller sends a message as packets milliseconds apart).
+    pace: Option<Duration>,
     idle_flush: Duration,
     max_block_delay: Duration,
     outbox: VecDeque<Vec<u8>>,
@@ -51,7 +56,12 @@ pub struct Encoder {
 impl Encoder {
     /// Encoder whose timestamp clock starts at `now`.
     pub fn new(cfg: &FecConfig, stats: Arc<FecStats>, now: Instant) -> Self {
-        let planner = RepairPlanner::new(cfg.mode, cfg.adaptive_k as usize);
+        let k = cfg.adaptive_k as usize;
+        let planner = if cfg.startup_prior {
+            RepairPlanner::new(cfg.mode, k)
+        } else {
+            RepairPlanner::without_startup(cfg.mode, k)
+        };
         let k = planner.plan().k;
         FecStats::set(&stats.current_k, k as u64);
         FecStats::set(&stats.current_m, planner.plan().m_for(k) as u64);
@@ -67,6 +77,7 @@ impl Encoder {
             cursor: 0,
             round_opened: None,
             last_send: None,
+            pace: None,
             idle_flush: cfg.idle_flush,
             max_block_delay: cfg.max_block_delay,
             outbox: VecDeque::new(),
@@ -154,6 +165,12 @@ impl Encoder {
         }
         FecStats::add(&self.stats.source_bytes_sent, pkt.len() as u64);
         FecStats::add(&self.stats.source_packets_sent, 1);
+        self.count_sent(1, 0);
+        if let Some(gap) = self.last_send.map(|t| now.saturating_duration_since(t)) {
+            if gap < self.max_block_delay {
+                self.pace = Some(self.pace.map_or(gap, |p| (p * 7 + gap) / 8));
+            }
+        }
         self.last_send = Some(now);
         self.push(wire);
         let full = self.round_opened.is_some()
@@ -197,6 +214,11 @@ impl Encoder {
             }
         }
         let most = repairs.iter().map(|r| r.3.len()).max().unwrap_or(0);
+        let total: usize = repairs.iter().map(|r| r.3.len()).sum();
+        if self.planner.in_startup() {
+            FecStats::add(&self.stats.startup_repair_packets, total as u64);
+        }
+        self.count_sent(0, total as u64);
         for j in 0..most {
             for (id, k, m, shards) in &repairs {
                 if let Some(shard) = shards.get(j) {
@@ -222,10 +244,20 @@ impl Encoder {
         }
     }
 
+    /// How long a pause in sending closes the round: `idle_flush`, or [`IDLE_PACE_FACTOR`] times
+    /// the sender's own pace when that is longer (capped by `max_block_delay`). A message paced
+    /// out packet by packet would otherwise close a round per packet, each a one-packet block
+    /// whose repair follows it on the wire, where one loss burst takes the packet and all its
+    /// copies; kept together, the message's packets are interleaved over the round's blocks.
+    fn idle_wait(&self) -> Duration {
+        let paced = self.pace.map_or(Duration::ZERO, |p| p * IDLE_PACE_FACTOR);
+        paced.clamp(self.idle_flush, self.max_block_delay.max(self.idle_flush))
+    }
+
     /// When [`Encoder::handle_timeout`] next has work: the idle flush or block age deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let opened = self.round_opened?;
-        let idle = self.last_send.map_or(opened, |t| t) + self.idle_flush;
+        let idle = self.last_send.map_or(opened, |t| t) + self.idle_wait();
         Some(idle.min(opened + self.max_block_delay))
     }
 
@@ -249,7 +281,35 @@ impl Encoder {
     /// Feeds the peer's loss report, with our own measurement of the reverse direction as a
     /// prior for a report on few packets (see [`RepairPlanner::on_report_with_prior`]).
     pub fn on_report_with_prior(&mut self, report: LossReport, reverse: LossEstimate) {
+        let before = self.planner.plan().clone();
         self.planner.on_report_with_prior(report, reverse);
+        if *self.planner.plan() != before {
+            let p = self.planner.plan();
+            tracing::debug!(
+                loss_ppm = report.loss_ppm,
+                burst_milli = report.burst_milli,
+                packets = report.packets,
+                reverse_rate = reverse.rate(),
+                startup = self.planner.in_startup(),
+                depth = p.depth,
+                m_full = p.m_for(p.k),
+                m_small = ?&p.repair[1..p.repair.len().min(17)],
+                "FEC plan"
+            );
+        }
+        self.publish_plan();
+    }
+
+    fn count_sent(&mut self, sources: u64, repairs: u64) {
+        if self.planner.in_startup() {
+            self.planner.on_sent(sources, repairs);
+            if !self.planner.in_startup() {
+                self.publish_plan();
+            }
+        }
+    }
+
+    fn publish_plan(&self) {
         let plan = self.planner.plan();
         FecStats::set(&self.stats.current_k, plan.k as u64);
         FecStats::set(&self.stats.current_m, plan.m_for(plan.k) as u64);

@@ -18,6 +18,9 @@
 //! ```
 //! The receiver's meter leaves out losses revealed at a queue-delay peak (a full drop-tail
 //! queue: congestion), so repair follows link loss only and congestion stays visible to QUIC.
+//! A connection's first packets are protected for an assumed loss (the start-up prior, a
+//! bounded number of repair packets) because its first losses come before any report; after
+//! that, zero measured loss means exactly zero repair.
 //! Only `FecSocket` does I/O; everything else takes time as an input.
 //!
 //! Both ends of a tunnel must run FEC (a bare QUIC datagram is counted in
@@ -44,7 +47,7 @@ pub use decoder::{
     Decoder, BLOCK_LINGER, FAST_REPORT_GAP, MAX_BLOCKS_IN_FLIGHT, MAX_DECODER_BYTES,
     MAX_DELIVERY_QUEUE,
 };
-pub use encoder::{Encoder, MAX_ENCODER_OUTBOX};
+pub use encoder::{Encoder, IDLE_PACE_FACTOR, MAX_ENCODER_OUTBOX};
 pub use error::FecError;
 pub use packet::{LossReport, FEC_HEADER_LEN};
 pub use session::Session;

@@ -25,6 +25,12 @@ pub const LOSS_HALF_LIFE: Duration = Duration::from_secs(10);
 const LOSS_FLOOR: f64 = 0.5;
 /// Bits of sequence history kept to tell late packets from duplicates.
 const SEQ_WINDOW: usize = 1024;
+/// A missing sequence number is final (lost, and part of a burst with its missing neighbours)
+/// once this many later ones arrived, or at the next report. Packets the sender's send paths
+/// put on the wire slightly out of order (a timer-flushed repair beside quinn's next packet)
+/// must not split one loss burst into several, or turn a delivered packet into a burst of
+/// its own: the burst length sizes interleaving and repair.
+pub const REORDER_SPAN: u16 = 32;
 /// A forward jump larger than this is a restart, not loss.
 pub const MAX_COUNTED_GAP: u16 = 4096;
 /// One-way-delay baseline and peak are kept per slot of this length...
@@ -80,6 +86,12 @@ pub struct LossMeter {
     congestion_ticks: i64,
     highest: Option<u16>,
     seen: [u64; SEQ_WINDOW / 64],
+    /// Sequence numbers whose gap was revealed at a queue-delay peak (congestion).
+    congested: [u64; SEQ_WINDOW / 64],
+    /// Next sequence number to finalize.
+    final_next: u16,
+    /// The last finalized sequence number was a (non-congestion) loss: a burst is open.
+    in_burst: bool,
     random: LossEstimate,
     /// Losses attributed to congestion since the last [`LossMeter::take_congestion_losses`].
     congestion_lost: u64,
@@ -108,6 +120,9 @@ impl LossMeter {
                 .min(i32::MAX as u128) as i64,
             highest: None,
             seen: [0; SEQ_WINDOW / 64],
+            congested: [0; SEQ_WINDOW / 64],
+            final_next: 0,
+            in_burst: false,
             random: LossEstimate::default(),
             congestion_lost: 0,
             since_report: 0,
@@ -129,34 +144,65 @@ impl LossMeter {
         (i / 64, 1u64 << (i % 64))
     }
 
-    /// Records data packet `seq` sent at `ts`; returns the change in detected losses
-    /// (positive for a gap, -1 for a late packet that filled one, 0 for in-order or duplicate).
+    /// Records data packet `seq` sent at `ts`; returns the change in losses finalized by this
+    /// packet (positive for gaps that became final, -1 for a packet that arrived after its gap
+    /// was final, 0 otherwise).
     pub fn on_packet(&mut self, seq: u16, ts: u16, now: Instant) -> i64 {
         let congested = self.on_delay(ts, now);
+        self.since_report += 1;
         let Some(high) = self.highest else {
             self.highest = Some(seq);
+            self.final_next = seq;
             let (w, b) = Self::bit(seq);
             self.seen[w] |= b;
-            self.count(1, 0, congested);
             return 0;
         };
         let diff = seq.wrapping_sub(high) as i16;
         if diff > 0 {
             let diff = diff as u16;
-            // Clear the bits the window slides over.
-            for s in 1..=diff.min(SEQ_WINDOW as u16) {
-                let (w, b) = Self::bit(high.wrapping_add(s));
-                self.seen[w] &= !b;
+            let mut delta = 0;
+            if diff > MAX_COUNTED_GAP {
+                // A restart, not loss: settle what came before and begin anew.
+                delta += self.settle();
+                self.seen = [0; SEQ_WINDOW / 64];
+                self.congested = [0; SEQ_WINDOW / 64];
+                self.final_next = seq;
+                self.in_burst = false;
+            } else {
+                // Finalize what the window is about to slide over.
+                let keep_from = seq.wrapping_sub(SEQ_WINDOW as u16 - 1);
+                while (keep_from.wrapping_sub(self.final_next) as i16) > 0
+                    && self.final_next != high.wrapping_add(1)
+                {
+                    delta += self.finalize_next();
+                }
+                if (keep_from.wrapping_sub(self.final_next) as i16) > 0 {
+                    // One gap wider than the window: final at once, one burst.
+                    let n = keep_from.wrapping_sub(self.final_next) as u64;
+                    delta += self.count_lost_run(n, congested);
+                    self.final_next = keep_from;
+                }
+                for s in 1..=diff.min(SEQ_WINDOW as u16) {
+                    let x = high.wrapping_add(s);
+                    let (w, b) = Self::bit(x);
+                    self.seen[w] &= !b;
+                    if congested {
+                        self.congested[w] |= b;
+                    } else {
+                        self.congested[w] &= !b;
+                    }
+                }
+                if diff > 1 && !congested {
+                    self.fresh_loss = true;
+                }
             }
             let (w, b) = Self::bit(seq);
             self.seen[w] |= b;
             self.highest = Some(seq);
-            if diff > MAX_COUNTED_GAP {
-                return 0;
+            while seq.wrapping_sub(self.final_next) >= REORDER_SPAN {
+                delta += self.finalize_next();
             }
-            let gap = (diff - 1) as u64;
-            self.count(diff as u64, gap, congested);
-            gap as i64
+            delta
         } else {
             let back = (-(diff as i32)) as usize;
             if back >= SEQ_WINDOW {
@@ -167,13 +213,18 @@ impl LossMeter {
                 return 0; // duplicate
             }
             self.seen[w] |= b;
-            self.since_report += 1;
-            // A late packet: it was counted lost in one of the classes.
-            if self.random.lost >= 1.0 {
+            if (seq.wrapping_sub(self.final_next) as i16) >= 0 {
+                return 0; // late, but before its gap was final: never counted
+            }
+            // Counted lost already; undo in its class.
+            if self.congested[w] & b != 0 {
+                if self.congestion_lost > 0 {
+                    self.congestion_lost -= 1;
+                    return -1;
+                }
+                0
+            } else if self.random.lost >= 1.0 {
                 self.random.lost -= 1.0;
-                -1
-            } else if self.congestion_lost > 0 {
-                self.congestion_lost -= 1;
                 -1
             } else {
                 0
@@ -181,19 +232,58 @@ impl LossMeter {
         }
     }
 
-    fn count(&mut self, expected: u64, lost: u64, congested: bool) {
-        self.since_report += 1;
-        if congested {
-            self.congestion_lost += lost;
-            return;
+    /// Finalizes every sequence number up to the highest seen; returns the losses finalized.
+    pub fn settle(&mut self) -> i64 {
+        let Some(high) = self.highest else {
+            return 0;
+        };
+        let mut delta = 0;
+        while self.final_next != high.wrapping_add(1) {
+            delta += self.finalize_next();
         }
+        delta
+    }
+
+    fn finalize_next(&mut self) -> i64 {
+        let s = self.final_next;
+        self.final_next = s.wrapping_add(1);
+        let (w, b) = Self::bit(s);
+        if self.seen[w] & b != 0 {
+            self.in_burst = false;
+            self.count_packets(1, 0);
+            0
+        } else if self.congested[w] & b != 0 {
+            self.in_burst = false;
+            self.congestion_lost += 1;
+            1
+        } else {
+            self.count_packets(1, 1);
+            1
+        }
+    }
+
+    /// A run of `n` lost packets finalized at once (a gap wider than the history window).
+    fn count_lost_run(&mut self, n: u64, congested: bool) -> i64 {
+        if congested {
+            self.in_burst = false;
+            self.congestion_lost += n;
+        } else {
+            self.count_packets(n, n);
+        }
+        n as i64
+    }
+
+    /// Adds `expected` packets of which `lost` (at the end, contiguous) were lost.
+    fn count_packets(&mut self, expected: u64, lost: u64) {
         self.random
             .scale((1.0 - 1.0 / LOSS_WINDOW_PACKETS).powi(expected.min(i32::MAX as u64) as i32));
         self.random.packets += expected as f64;
         if lost > 0 {
             self.random.lost += lost as f64;
-            self.random.bursts += 1.0;
-            self.fresh_loss = true;
+            if !self.in_burst {
+                self.random.bursts += 1.0;
+            }
+            self.in_burst = true;
         }
     }
 
@@ -258,6 +348,7 @@ impl LossMeter {
 
     /// Produces a report (non-congestion loss only) and ages the window by the time elapsed.
     pub fn report(&mut self, now: Instant) -> LossReport {
+        self.settle();
         let dt = now.saturating_duration_since(self.last_decay);
         self.last_decay = now;
         self.random
@@ -322,6 +413,9 @@ mod tests {
         for s in [0u16, 1, 2, 5, 6, 4, 6, 7, 10] {
             net += mt.on_packet(s, 0, t0);
         }
+        // Losses become final after REORDER_SPAN later packets or at the next report.
+        assert_eq!(net, 0);
+        net += mt.settle();
         // Gaps: {3,4} then 4 arrives late; {8,9}. Duplicate 6 ignored.
         assert_eq!(net, 3);
         let r = mt.report(t0);
@@ -329,6 +423,44 @@ mod tests {
         assert!((r.packets as f64 - 11.0 * decayed).abs() < 1.0, "{r:?}");
         assert!((r.loss_ppm as f64 - 3e6 / 11.0).abs() < 300.0, "{r:?}");
         assert_eq!(r.burst_milli, 1500);
+    }
+
+    #[test]
+    fn reordering_on_the_wire_does_not_split_or_invent_bursts() {
+        // Gilbert loss, mean burst 4, 1%; the sender's paths swap neighbours now and then (a
+        // timer-flushed repair overtaken by the next QUIC packet).
+        let t0 = Instant::now();
+        let mut mt = LossMeter::new(t0, CONG);
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let (p, burst) = (0.01, 4.0);
+        let (r, q) = (1.0 / burst, 0.01 / burst / (1.0 - p));
+        let mut bad = false;
+        let mut order: Vec<u16> = (0..30_000u16).collect();
+        for i in (0..order.len() - 1).step_by(7) {
+            if rng.gen_bool(0.3) {
+                order.swap(i, i + 1);
+            }
+        }
+        let mut lost = 0;
+        for &s in &order {
+            bad = if bad {
+                !rng.gen_bool(r)
+            } else {
+                rng.gen_bool(q)
+            };
+            if bad {
+                lost += 1;
+                continue;
+            }
+            mt.on_packet(s, 0, t0);
+        }
+        let rep = mt.report(t0 + Duration::from_secs(3));
+        assert!(lost > 150, "{lost}");
+        assert!((7_000..14_000).contains(&rep.loss_ppm), "{rep:?}");
+        assert!(
+            (3_000..5_500).contains(&rep.burst_milli),
+            "burst measured {rep:?}"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct FecStats {
     pub repair_bytes_sent: AtomicU64,
     /// Repair packets sent.
     pub repair_packets_sent: AtomicU64,
+    /// Repair packets sent under the connection start-up prior (before measured loss rules).
+    pub startup_repair_packets: AtomicU64,
     /// Header bytes added to plain and source packets.
     pub header_overhead_bytes: AtomicU64,
     /// Control (report) packets sent.
@@ -56,6 +58,7 @@ pub struct FecStatsSnapshot {
     pub source_packets_sent: u64,
     pub repair_bytes_sent: u64,
     pub repair_packets_sent: u64,
+    pub startup_repair_packets: u64,
     pub header_overhead_bytes: u64,
     pub control_packets_sent: u64,
     pub packets_lost: u64,
@@ -81,6 +84,7 @@ impl FecStats {
             source_packets_sent: self.source_packets_sent.load(Relaxed),
             repair_bytes_sent: self.repair_bytes_sent.load(Relaxed),
             repair_packets_sent: self.repair_packets_sent.load(Relaxed),
+            startup_repair_packets: self.startup_repair_packets.load(Relaxed),
             header_overhead_bytes: self.header_overhead_bytes.load(Relaxed),
             control_packets_sent: self.control_packets_sent.load(Relaxed),
             packets_lost: self.packets_lost.load(Relaxed),

@@ -11,9 +11,11 @@ use std::{
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use strait_fec::controller::STARTUP_REPAIR_BUDGET;
 use strait_fec::{
     packet::{self, Packet},
-    CoderKind, Decoder, Encoder, FecConfig, FecMode, FecStats, LossReport, Session,
+    CoderKind, Decoder, Encoder, FecConfig, FecMode, FecStats, FecStatsSnapshot, LossReport,
+    Session,
 };
 
 fn payloads(seed: u64, n: usize) -> Vec<Vec<u8>> {
@@ -228,6 +230,57 @@ fn idle_flush_protects_a_partial_block() {
     assert_eq!(dstats.snapshot().packets_rebuilt, 2);
 }
 
+#[test]
+fn paced_message_stays_one_round_and_is_flushed_when_the_sender_pauses() {
+    // Fixed k=16 m=4, depth 1: a message paced 3 ms a packet (slower than idle_flush) is one
+    // block, not one block per packet whose copies sit next to it on the wire.
+    let cfg = FecConfig::new(FecMode::Fixed { k: 16, m: 4 });
+    assert!(cfg.idle_flush < Duration::from_millis(3));
+    let t0 = Instant::now();
+    let mut enc = Encoder::new(&cfg, Arc::new(FecStats::default()), t0);
+    let pkts = payloads(8, 4);
+    let pace = Duration::from_millis(3);
+    // A first message teaches the encoder the sender's pace; the second is checked.
+    let mut wire = Vec::new();
+    let mut now = t0;
+    for (i, p) in pkts.iter().chain(&pkts).enumerate() {
+        if i == pkts.len() {
+            enc.handle_timeout(now + Duration::from_millis(100));
+            while enc.poll_transmit().is_some() {}
+            wire.clear();
+        }
+        now = t0 + pace * i as u32 + Duration::from_millis(100) * (i / pkts.len()) as u32;
+        // Timers run as the socket's timer task would, between packets.
+        while enc.poll_timeout().is_some_and(|t| t <= now) {
+            enc.handle_timeout(enc.poll_timeout().unwrap());
+        }
+        while let Some(w) = enc.poll_transmit() {
+            wire.push(w);
+        }
+        wire.extend(enc.on_send(p, now).unwrap());
+    }
+    let blocks: HashSet<u16> = wire
+        .iter()
+        .map(|w| match packet::decode(w).unwrap() {
+            Packet::Source { block, .. } => block,
+            other => panic!("repair before the message ended: {other:?}"),
+        })
+        .collect();
+    assert_eq!(blocks.len(), 1, "one block for the paced message");
+    // The sender pauses: the round is flushed within max_block_delay of its first packet.
+    let deadline = enc.poll_timeout().unwrap();
+    assert!(deadline > now && deadline <= now + cfg.max_block_delay);
+    enc.handle_timeout(deadline);
+    let repairs: Vec<Vec<u8>> = std::iter::from_fn(|| enc.poll_transmit()).collect();
+    assert_eq!(repairs.len(), 4);
+    // Any four of the eight packets may go, e.g. a burst over the last two sources and the
+    // first two repairs.
+    wire.extend(repairs);
+    let through: Vec<&Vec<u8>> = [0, 1, 6, 7].iter().map(|&i| &wire[i]).collect();
+    let (got, _) = deliver_all(&through, t0);
+    check(&pkts, &got, &(0..4).collect());
+}
+
 /// Two sessions joined by a channel that drops A→B datagrams with `loss`; B's reports reach A.
 fn run_pair(
     mode: FecMode,
@@ -281,10 +334,12 @@ fn adaptive_at_zero_loss_sends_no_repair_and_adds_under_one_percent() {
     let (sa, _, delivered) = run_pair(FecMode::adaptive(), 0.0, 20_000, 1);
     let s = sa.snapshot();
     assert_eq!(delivered, 20_000);
-    assert_eq!(s.repair_bytes_sent, 0);
+    // Only the start-up prior sent repair, within its budget; none once the peer measured.
+    assert_eq!(s.repair_packets_sent, s.startup_repair_packets, "{s:?}");
+    assert!(s.startup_repair_packets <= STARTUP_REPAIR_BUDGET, "{s:?}");
     assert_eq!(s.current_m, 0);
     assert!(
-        s.header_overhead_bytes * 100 <= s.source_bytes_sent,
+        (s.header_overhead_bytes + s.repair_bytes_sent) * 100 <= s.source_bytes_sent,
         "{s:?}"
     );
 }
@@ -298,9 +353,11 @@ fn adaptive_at_two_percent_loss_learns_repair_and_rebuilds() {
     assert!(a.repair_packets_sent > 0);
     assert!(b.packets_rebuilt > 0, "{b:?}");
     assert!(b.loss_ppm > 10_000 && b.loss_ppm < 30_000, "{b:?}");
-    // Only the first report interval (before repair starts) loses for good.
+    // The start-up prior protects the packets sent before the first report: almost nothing
+    // is lost for good (without it, the first report interval's ~40 losses were).
     let lost_for_good = n - delivered;
-    assert!(lost_for_good < 40, "{lost_for_good} lost, {b:?}");
+    assert!(lost_for_good < 10, "{lost_for_good} lost, {b:?}");
+    assert!(a.startup_repair_packets > 0, "{a:?}");
 }
 
 #[test]
@@ -343,43 +400,126 @@ fn decoder_memory_is_bounded() {
     assert_eq!(dec.blocks_tracked(), 0);
 }
 
+/// Per-packet loss of one direction: a Gilbert chain with loss rate `p` and mean burst `burst`
+/// (independent loss for `burst` ≤ 1/(1−p)), the emulator's model.
+struct Lossy {
+    p: f64,
+    burst: f64,
+    bad: bool,
+}
+
+impl Lossy {
+    fn new(p: f64, burst: f64) -> Self {
+        Lossy {
+            p,
+            burst: burst.max(1.0 / (1.0 - p)),
+            bad: false,
+        }
+    }
+    fn drops(&mut self, rng: &mut ChaCha8Rng) -> bool {
+        if self.p <= 0.0 {
+            return false;
+        }
+        let r = 1.0 / self.burst;
+        let q = self.p * r / (1.0 - self.p);
+        let u: f64 = rng.gen();
+        self.bad = if self.bad { u >= r } else { u < q };
+        self.bad
+    }
+}
+
+/// Outcome of [`run_exchanges`].
+struct Exchanges {
+    /// The requester's stats.
+    a: FecStatsSnapshot,
+    /// The responder's stats.
+    b: FecStatsSnapshot,
+    /// Exchanges whose request lost a packet for good.
+    failed_req: usize,
+    /// Exchanges whose response lost a packet for good.
+    failed_resp: usize,
+}
+
+impl Exchanges {
+    fn failed(&self) -> usize {
+        self.failed_req + self.failed_resp
+    }
+}
+
 /// Request/response over a 100 ms path losing `loss` of datagrams both ways: A sends a 2-packet
 /// request, B answers 13 packets when the request is complete. Returns A's stats and how many
 /// exchanges lost a packet for good (QUIC would have needed a retransmission round trip).
 fn run_sparse_exchanges(loss: f64, exchanges: usize, seed: u64) -> (FecStats, usize) {
+    let x = run_exchanges(loss, 1.0, exchanges, seed);
+    let stats = FecStats::default();
+    stats
+        .current_m
+        .store(x.a.current_m, std::sync::atomic::Ordering::Relaxed);
+    stats.repair_packets_sent.store(
+        x.a.repair_packets_sent,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    (stats, x.failed())
+}
+
+/// Request/response over a 100 ms path with Gilbert loss (`loss`, mean burst `burst`) both ways:
+/// A sends a 2-packet request, B answers 13 packets when the request is complete, A acknowledges
+/// with one small packet. Counts exchanges that lost a packet for good, per direction.
+fn run_exchanges(loss: f64, burst: f64, exchanges: usize, seed: u64) -> Exchanges {
+    run_paced_exchanges(loss, burst, Duration::ZERO, exchanges, seed)
+}
+
+/// [`run_exchanges`] with B's response packets `pace` apart (a paced congestion controller).
+fn run_paced_exchanges(
+    loss: f64,
+    burst: f64,
+    pace: Duration,
+    exchanges: usize,
+    seed: u64,
+) -> Exchanges {
     use std::collections::BinaryHeap;
     let cfg = FecConfig::new(FecMode::adaptive());
     let t0 = Instant::now();
     let one_way = Duration::from_millis(50);
-    let sa = Arc::new(FecStats::default());
+    let (sa, sb) = (Arc::new(FecStats::default()), Arc::new(FecStats::default()));
     let mut a = Session::new(&cfg, sa.clone(), t0);
-    let mut b = Session::new(&cfg, Arc::new(FecStats::default()), t0);
+    let mut b = Session::new(&cfg, sb.clone(), t0);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    // (Reverse(arrival), to_b, wire)
-    let mut net: BinaryHeap<(std::cmp::Reverse<Instant>, bool, Vec<u8>)> = BinaryHeap::new();
-    let send = |net: &mut BinaryHeap<_>, rng: &mut ChaCha8Rng, at: Instant, to_b, w| {
-        if rng.gen::<f64>() >= loss {
-            net.push((std::cmp::Reverse(at + one_way), to_b, w));
+    let mut links = [Lossy::new(loss, burst), Lossy::new(loss, burst)];
+    // (Reverse((arrival, order sent)), to_b, wire): in order, like the emulator.
+    type Net = BinaryHeap<(std::cmp::Reverse<(Instant, u64)>, bool, Vec<u8>)>;
+    let mut net: Net = BinaryHeap::new();
+    let mut sent = 0u64;
+    let mut send = |net: &mut Net, rng: &mut ChaCha8Rng, at: Instant, to_b: bool, w| {
+        sent += 1;
+        if !links[to_b as usize].drops(rng) {
+            net.push((std::cmp::Reverse((at + one_way, sent)), to_b, w));
         }
     };
-    let mut failed = 0;
+    let (mut failed_req, mut failed_resp) = (0, 0);
     let mut now = t0;
     for x in 0..exchanges {
-        let tag = |dir: u8, i: usize| {
-            let mut p = vec![dir; 1200];
+        let tag = |dir: u8, i: usize, len: usize| {
+            let mut p = vec![dir; len];
             p[..4].copy_from_slice(&((x * 64 + i) as u32).to_be_bytes());
             p
         };
         for i in 0..2 {
-            for w in a.on_send(&tag(1, i), now).unwrap().collect::<Vec<_>>() {
+            for w in a
+                .on_send(&tag(1, i, 1200), now)
+                .unwrap()
+                .collect::<Vec<_>>()
+            {
                 send(&mut net, &mut rng, now, true, w);
             }
         }
         let (mut req, mut resp) = (HashSet::new(), HashSet::new());
         let end = now + Duration::from_millis(300);
-        let mut answered = false;
+        let (mut answered, mut acked) = (false, false);
+        let mut to_answer = 0..0;
+        let mut next_answer = end;
         while now < end {
-            let next_net = net.peek().map(|e| e.0 .0);
+            let next_net = net.peek().map(|e| e.0 .0 .0).min(Some(next_answer));
             let next_timer = [a.poll_timeout(), b.poll_timeout()]
                 .into_iter()
                 .flatten()
@@ -400,7 +540,7 @@ fn run_sparse_exchanges(loss: f64, exchanges: usize, seed: u64) -> (FecStats, us
                     send(&mut net, &mut rng, now, to_b, w);
                 }
             }
-            while net.peek().is_some_and(|e| e.0 .0 <= now) {
+            while net.peek().is_some_and(|e| e.0 .0 .0 <= now) {
                 let (_, to_b, w) = net.pop().unwrap();
                 let got: Vec<Vec<u8>> = if to_b {
                     b.on_receive(&w, now).unwrap().collect()
@@ -408,37 +548,100 @@ fn run_sparse_exchanges(loss: f64, exchanges: usize, seed: u64) -> (FecStats, us
                     a.on_receive(&w, now).unwrap().collect()
                 };
                 for d in got {
-                    let id = id_of(&d) - x * 64;
-                    if to_b {
-                        req.insert(id)
-                    } else {
-                        resp.insert(id)
+                    let id = id_of(&d).wrapping_sub(x * 64);
+                    match (to_b, d[4]) {
+                        (true, 1) => req.insert(id),
+                        (false, 2) => resp.insert(id),
+                        _ => false,
                     };
                 }
             }
             if req.len() == 2 && !answered {
                 answered = true;
-                for i in 0..13 {
-                    for w in b.on_send(&tag(2, i), now).unwrap().collect::<Vec<_>>() {
-                        send(&mut net, &mut rng, now, false, w);
-                    }
+                to_answer = 0..13;
+                next_answer = now;
+            }
+            while next_answer <= now {
+                let Some(i) = to_answer.next() else {
+                    next_answer = end;
+                    break;
+                };
+                for w in b
+                    .on_send(&tag(2, i, 1200), now)
+                    .unwrap()
+                    .collect::<Vec<_>>()
+                {
+                    send(&mut net, &mut rng, now, false, w);
+                }
+                next_answer = if pace.is_zero() { now } else { now + pace };
+            }
+            if resp.len() >= 2 && !acked {
+                // QUIC acknowledges the response: a small packet of its own in A's stream.
+                acked = true;
+                for w in a.on_send(&tag(3, 0, 40), now).unwrap().collect::<Vec<_>>() {
+                    send(&mut net, &mut rng, now, true, w);
                 }
             }
         }
-        if !(answered && resp.len() == 13) {
-            failed += 1;
+        if !answered {
+            failed_req += 1;
+        } else if resp.len() != 13 {
+            failed_resp += 1;
         }
     }
-    let snap = sa.snapshot();
-    let stats = FecStats::default();
-    stats
-        .current_m
-        .store(snap.current_m, std::sync::atomic::Ordering::Relaxed);
-    stats.repair_packets_sent.store(
-        snap.repair_packets_sent,
-        std::sync::atomic::Ordering::Relaxed,
+    Exchanges {
+        a: sa.snapshot(),
+        b: sb.snapshot(),
+        failed_req,
+        failed_resp,
+    }
+}
+
+#[test]
+fn paced_responses_survive_bursty_loss() {
+    // 1% loss in bursts of mean 4 both ways, responses paced 3 ms a packet (slower than
+    // idle_flush). One-packet blocks with their copies next to them lost ~4% of responses;
+    // rounds that span the paced message and a burst length measured without the sender's
+    // reordering keep it under 2%.
+    let x = run_paced_exchanges(0.01, 4.0, Duration::from_millis(3), 300, 4);
+    assert!(
+        x.failed() <= 6,
+        "{} + {} of 300 failed",
+        x.failed_req,
+        x.failed_resp
     );
-    (stats, failed)
+    assert!(x.a.mean_burst_milli > 1_500, "burst measured {:?}", x.a);
+}
+
+#[test]
+#[ignore = "prints the failure rates of request/response under bursty loss; run by hand"]
+fn bursty_exchange_survey() {
+    let pace_us: u64 = std::env::var("PACE_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let pace = Duration::from_micros(pace_us);
+    for (loss, burst) in [(0.02, 1.0), (0.01, 4.0), (0.01, 2.0), (0.01, 8.0)] {
+        for seed in [1u64, 2, 3] {
+            let x = run_paced_exchanges(loss, burst, pace, 1000, seed);
+            println!(
+                "loss {loss} burst {burst} pace {pace_us} us seed {seed}: failed req {} resp {} | A repair {} of {} src, unrec {} | B repair {} of {} src, unrec {}",
+                x.failed_req,
+                x.failed_resp,
+                x.a.repair_packets_sent,
+                x.a.source_packets_sent,
+                x.b.blocks_unrecoverable,
+                x.b.repair_packets_sent,
+                x.b.source_packets_sent,
+                x.a.blocks_unrecoverable,
+            );
+            println!(
+                "    A measures {} ppm burst {} | B measures {} ppm burst {} | A plan m {} d {} | B plan m {} d {}",
+                x.a.loss_ppm, x.a.mean_burst_milli, x.b.loss_ppm, x.b.mean_burst_milli,
+                x.a.current_m, x.a.interleave_depth, x.b.current_m, x.b.interleave_depth
+            );
+        }
+    }
 }
 
 #[test]
@@ -457,8 +660,12 @@ fn sparse_request_response_is_protected_in_both_directions() {
 }
 
 #[test]
-fn sparse_request_response_at_zero_loss_sends_no_repair() {
-    let (a, failed) = run_sparse_exchanges(0.0, 100, 10);
-    assert_eq!(failed, 0);
-    assert_eq!(a.snapshot().repair_packets_sent, 0);
+fn sparse_request_response_at_zero_loss_sends_no_repair_after_startup() {
+    let x = run_exchanges(0.0, 1.0, 300, 10);
+    assert_eq!(x.failed(), 0);
+    for s in [x.a, x.b] {
+        assert_eq!(s.repair_packets_sent, s.startup_repair_packets, "{s:?}");
+        assert!(s.startup_repair_packets <= STARTUP_REPAIR_BUDGET, "{s:?}");
+        assert_eq!(s.current_m, 0, "{s:?}");
+    }
 }

@@ -228,6 +228,24 @@ pub fn fec_families(stats: &FecStats) -> Vec<strait_admin::ExtraFamily> {
             s.blocks_unrecoverable as f64,
         ),
         one(
+            "fec_startup_repair_packets_total",
+            "Repair packets sent under the connection-start loss prior (before loss was measured).",
+            "counter",
+            s.startup_repair_packets as f64,
+        ),
+        one(
+            "fec_local_send_drops_total",
+            "Packets this side's socket could not send (buffer full).",
+            "counter",
+            s.local_send_drops as f64,
+        ),
+        one(
+            "fec_congestion_losses_total",
+            "Losses at a queueing-delay peak: queue overflow, left to congestion control (RFC 9265).",
+            "counter",
+            s.congestion_losses as f64,
+        ),
+        one(
             "fec_k",
             "Current source packets per block.",
             "gauge",

@@ -97,12 +97,64 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1e3
 }
 
-/// FEC-related counters from the edge's `/stats` (any key naming fec/repair/rebuilt/lost).
-fn fec_counters(wan: &Wan) -> String {
-    format!(
-        "edge: {}<br>core: {}",
-        counters_of(&Pair::edge_stats(wan)),
-        counters_of(&Pair::core_stats(wan))
+/// FEC figures of both ends, summed (edge + core), from their `/stats`.
+#[derive(Debug, Clone, Copy, Default)]
+struct FecNumbers {
+    /// Repair datagram bytes sent.
+    repair_bytes: f64,
+    /// FEC header bytes on plain and source packets.
+    header_bytes: f64,
+    /// Packets QUIC declared lost (each one a retransmission of its frames).
+    quic_lost: f64,
+    /// Packets FEC rebuilt.
+    rebuilt: f64,
+    /// Blocks FEC could not rebuild.
+    unrecoverable: f64,
+}
+
+/// Sum of the numeric leaves of `v` whose path ends with `name` (after the `.0.value` of a
+/// metric family sample).
+fn leaf_sum(v: &serde_json::Value, name: &str) -> f64 {
+    fn walk(v: &serde_json::Value, path: &str, name: &str, sum: &mut f64) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    walk(x, &format!("{path}{k}."), name, sum)
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, &format!("{path}{i}."), name, sum)
+                }
+            }
+            serde_json::Value::Number(n) => {
+                let p = path.trim_end_matches('.').trim_end_matches(".0.value");
+                if p == name || p.ends_with(&format!(".{name}")) {
+                    *sum += n.as_f64().unwrap_or(0.0);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut sum = 0.0;
+    walk(v, "", name, &mut sum);
+    sum
+}
+
+/// FEC-related counters of both ends (any key naming fec/repair/rebuilt/lost), and their sums.
+fn fec_counters(wan: &Wan) -> (String, FecNumbers) {
+    let (e, c) = (Pair::edge_stats(wan), Pair::core_stats(wan));
+    let both = |name: &str| leaf_sum(&e, name) + leaf_sum(&c, name);
+    let n = FecNumbers {
+        repair_bytes: both("fec_repair_bytes_total"),
+        header_bytes: both("fec_header_bytes_total"),
+        quic_lost: both("lost_packets"),
+        rebuilt: both("fec_packets_rebuilt_total"),
+        unrecoverable: both("fec_blocks_unrecoverable_total"),
+    };
+    (
+        format!("edge: {}<br>core: {}", counters_of(&e), counters_of(&c)),
+        n,
     )
 }
 
@@ -152,6 +204,7 @@ struct LatencyRow {
     p999: f64,
     wan: u64,
     counters: String,
+    n: FecNumbers,
 }
 
 fn latency_cell(
@@ -161,7 +214,7 @@ fn latency_cell(
     certs: &Path,
     spec: &LinkSpec,
     adaptive: bool,
-) -> Result<(Vec<Duration>, u64, String)> {
+) -> Result<(Vec<Duration>, u64, (String, FecNumbers))> {
     let wan = Wan::start(spec.config(cli.seed, "bbr"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let l = wan.enter_b(|| TcpListener::bind(("127.0.0.1", RR_PORT)))??;
@@ -194,6 +247,7 @@ struct BulkRow {
     what: String,
     s: Sample,
     counters: String,
+    n: FecNumbers,
 }
 
 fn bulk(
@@ -206,7 +260,9 @@ fn bulk(
     tcp: bool,
 ) -> Result<()> {
     let wan = Wan::start(spec.config(cli.seed, "cubic"))?;
-    let wl = matrix::generate(&work.join("data"), "jpeg", BULK, cli.seed)?;
+    // One object: the goal is about filling the link, not the round trip each of several
+    // sequential fetches would cost.
+    let wl = matrix::generate(&work.join("data"), "bulk", BULK, cli.seed)?;
     let cell = Cell {
         wan: &wan,
         wl: &wl,
@@ -225,6 +281,7 @@ fn bulk(
                 what: format!("direct HTTP, TCP {cc}"),
                 s,
                 counters: "–".into(),
+                n: FecNumbers::default(),
             });
         }
     }
@@ -246,18 +303,27 @@ fn bulk(
                 &tuning,
             )?;
             let s = cell.strait_fetch(&pair, &origin, "target", lossy.then_some(BULK_CAP))?;
-            let counters = fec_counters(&wan);
+            let (counters, n) = fec_counters(&wan);
             pair.stop()?;
             let what = format!(
                 "strait {cong}, FEC {}",
                 if adaptive { "adaptive" } else { "off" }
             );
             eprintln!(
-                "    {what}: {:.1} Mbit/s, WAN {} B",
+                "    {what}: {:.1} Mbit/s, WAN {} B, repair {} B, FEC headers {} B, QUIC lost {}, queue drops {}",
                 s.goodput_mbit(),
-                s.wan
+                s.wan,
+                n.repair_bytes,
+                n.header_bytes,
+                n.quic_lost,
+                s.queue_drops
             );
-            rows.push(BulkRow { what, s, counters });
+            rows.push(BulkRow {
+                what,
+                s,
+                counters,
+                n,
+            });
         }
     }
     origin.terminate()?;
@@ -287,8 +353,15 @@ pub fn run(cli: &Cli, strait: &Path, work: &Path, certs: &Path) -> Result<()> {
         ("2% random", link(0.02, None)),
         ("1% bursty (mean burst 4)", link(0.0, Some((0.01, 4.0)))),
     ];
+    // `--workload latency|bulk|overhead` runs one section, `--link <text>` only the latency
+    // cases whose name contains the text (for iterating on one goal; tables of a partial run
+    // are partial).
+    let section = |name: &str| cli.workload.as_deref().is_none_or(|w| name.contains(w));
     let mut lat_rows = Vec::new();
     for (name, spec) in &cases {
+        if !section("latency") || cli.link.as_deref().is_some_and(|l| !name.contains(l)) {
+            continue;
+        }
         for adaptive in [false, true] {
             let fec = if adaptive { "adaptive" } else { "off" };
             eprintln!(
@@ -296,14 +369,15 @@ pub fn run(cli: &Cli, strait: &Path, work: &Path, certs: &Path) -> Result<()> {
                 t_all.elapsed().as_secs_f64()
             );
             // A broken flow is a result, not a reason to drop the other cells.
-            let (mut lat, wan, counters) =
+            let (mut lat, wan, (counters, n)) =
                 match latency_cell(cli, strait, work, certs, spec, adaptive) {
                     Ok(x) => x,
                     Err(e) => {
                         let msg =
                             format!("{e:#}; {}", crate::pair::log_tails(&work.join("fec-pair")));
                         eprintln!("    FAILED {msg}");
-                        (Vec::new(), 0, format!("FAILED: {}", msg.replace('\n', " ")))
+                        let failed = format!("FAILED: {}", msg.replace('\n', " "));
+                        (Vec::new(), 0, (failed, FecNumbers::default()))
                     }
                 };
             lat.sort();
@@ -315,39 +389,44 @@ pub fn run(cli: &Cli, strait: &Path, work: &Path, certs: &Path) -> Result<()> {
                 p999: pct(&lat, 0.999),
                 wan,
                 counters,
+                n,
             };
             eprintln!(
-                "    p50 {:.1} p99 {:.1} p99.9 {:.1} ms",
-                r.p50, r.p99, r.p999
+                "    p50 {:.1} p99 {:.1} p99.9 {:.1} ms; QUIC lost {}, FEC rebuilt {}, unrecoverable blocks {}",
+                r.p50, r.p99, r.p999, r.n.quic_lost, r.n.rebuilt, r.n.unrecoverable
             );
             lat_rows.push(r);
         }
     }
     let mut bulk_rows = Vec::new();
-    eprintln!("[{:>5.0}s] bulk at 1% loss", t_all.elapsed().as_secs_f64());
-    bulk(
-        cli,
-        strait,
-        work,
-        certs,
-        &link(0.01, None),
-        &mut bulk_rows,
-        true,
-    )?;
+    if section("bulk") {
+        eprintln!("[{:>5.0}s] bulk at 1% loss", t_all.elapsed().as_secs_f64());
+        bulk(
+            cli,
+            strait,
+            work,
+            certs,
+            &link(0.01, None),
+            &mut bulk_rows,
+            true,
+        )?;
+    }
     let mut overhead_rows = Vec::new();
-    eprintln!(
-        "[{:>5.0}s] overhead at zero loss",
-        t_all.elapsed().as_secs_f64()
-    );
-    bulk(
-        cli,
-        strait,
-        work,
-        certs,
-        &link(0.0, None),
-        &mut overhead_rows,
-        false,
-    )?;
+    if section("overhead") {
+        eprintln!(
+            "[{:>5.0}s] overhead at zero loss",
+            t_all.elapsed().as_secs_f64()
+        );
+        bulk(
+            cli,
+            strait,
+            work,
+            certs,
+            &link(0.0, None),
+            &mut overhead_rows,
+            false,
+        )?;
+    }
 
     let md = markdown(cli, &lat_rows, &bulk_rows, &overhead_rows, t_all.elapsed());
     println!("{md}");
@@ -398,7 +477,7 @@ fn markdown(
         ));
     }
     md.push_str(&format!(
-        "\n**Bulk goodput**, 1% random loss, {} MiB of incompressible shards (runs that cannot finish are \
+        "\n**Bulk goodput**, 1% random loss, one incompressible object of {} MiB (runs that cannot finish are \
          stopped after {} s; goodput = bytes received / time):\n\n\
          | method | goodput Mbit/s | % of link | WAN MiB | emulator queue drops | FEC counters (edge = receiver of downloads, core = sender) |\n|---|---:|---:|---:|---:|---|\n",
         BULK >> 20,
@@ -416,15 +495,28 @@ fn markdown(
             r.counters
         ));
     }
-    md.push_str("\n**Adaptive FEC overhead at zero loss** (same bulk transfer, lossless link; queue drops are the \
-         emulator's drop-tail overflows, i.e. congestion the sender caused):\n\n| FEC | WAN bytes | vs off | queue drops | goodput Mbit/s |\n|---|---:|---:|---:|---:|\n");
+    md.push_str(
+        "\n**Adaptive FEC overhead at zero loss** (same bulk transfer, lossless link). WAN bytes differ \
+         between runs by QUIC's retransmissions of the drops BBR's start-up causes in the emulator's \
+         drop-tail queue (congestion, not loss FEC may hide), so FEC's own bytes are shown apart: repair \
+         datagrams (all sent under the connection start-up prior: zero once the receiver has measured \
+         zero loss) and FEC headers, as a share of the run's WAN bytes:\n\n\
+         | FEC | WAN bytes | vs off | FEC repair bytes | repair % of WAN | FEC header bytes | header % of WAN | QUIC lost packets (retransmitted) | queue drops | goodput Mbit/s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     let off = overhead.first().map(|r| r.s.wan).unwrap_or(0);
     for r in overhead {
+        let share = |b: f64| 100.0 * b / (r.s.wan as f64).max(1.0);
         md.push_str(&format!(
-            "| {} | {} | {:+.2}% | {} | {:.1} |\n",
+            "| {} | {} | {:+.2}% | {:.0} | {:.2}% | {:.0} | {:.2}% | {:.0} | {} | {:.1} |\n",
             r.what,
             r.s.wan,
             100.0 * (r.s.wan as f64 / (off as f64).max(1.0) - 1.0),
+            r.n.repair_bytes,
+            share(r.n.repair_bytes),
+            r.n.header_bytes,
+            share(r.n.header_bytes),
+            r.n.quic_lost,
             r.s.queue_drops,
             r.s.goodput_mbit()
         ));
@@ -435,8 +527,13 @@ fn markdown(
         .find(|r| r.loss == "lossless" && r.fec == "adaptive");
     if let (Some(o), Some(a)) = (lat_off, lat_ad) {
         md.push_str(&format!(
-            "\nRequest/response WAN bytes at zero loss: adaptive {:+.2}% vs off.\n",
-            100.0 * (a.wan as f64 / (o.wan as f64).max(1.0) - 1.0)
+            "\nRequest/response WAN bytes at zero loss: adaptive {:+.2}% vs off (repair {:.0} B = {:.2}%, \
+             FEC headers {:.0} B = {:.2}% of the adaptive run's WAN bytes).\n",
+            100.0 * (a.wan as f64 / (o.wan as f64).max(1.0) - 1.0),
+            a.n.repair_bytes,
+            100.0 * a.n.repair_bytes / (a.wan as f64).max(1.0),
+            a.n.header_bytes,
+            100.0 * a.n.header_bytes / (a.wan as f64).max(1.0),
         ));
     }
     md
