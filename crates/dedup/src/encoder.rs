@@ -105,6 +105,8 @@ pub struct FlowEncoder {
     ended: bool,
     /// Ids of the chunks sent, in order, while recording ([`FlowEncoder::record_sent_ids`]).
     sent_ids: Option<Vec<ChunkId>>,
+    /// The last chunk was cut by `flush` (the client paused), not at a content boundary.
+    after_early_cut: bool,
 }
 
 /// Most ids [`FlowEncoder::take_sent_ids`] buffers between takes (a caller that forgets to take
@@ -144,6 +146,7 @@ impl FlowEncoder {
             stats,
             ended: false,
             sent_ids: None,
+            after_early_cut: false,
         }
     }
 
@@ -305,6 +308,7 @@ impl FlowEncoder {
         if !self.partial.is_empty() {
             let chunk = self.take_partial();
             self.emit_chunk(chunk, out);
+            self.after_early_cut = true;
         }
         self.close_run(out);
         self.emit_refs(out);
@@ -622,6 +626,7 @@ impl FlowEncoder {
             bases,
         });
         self.sent_items += 1;
+        self.after_early_cut = false;
         if self.run_full() {
             self.close_run(out);
         }
@@ -766,6 +771,7 @@ impl FlowEncoder {
     /// agree (or nothing else resembles it), else the most resembling candidate. Also indexes
     /// the chunk's sketch.
     fn try_delta(&mut self, id: &WireId, chunk: &[u8]) -> Option<DeltaPlan> {
+        let (previous, after_early_cut) = (self.identity, self.after_early_cut);
         let predicted = match (&self.chain, &self.identity) {
             (Some(c), Some(from)) => c.successor(self.peer.index(), from, 1),
             _ => None,
@@ -807,6 +813,13 @@ impl FlowEncoder {
                 None if cands.is_empty() => cands.push((p, 0)),
                 None => {}
             }
+        }
+        // After a chunk the sender cut early (the client paused mid-chunk), this chunk is the
+        // rest of that chunk's base: it resembles no sketch and is not the base's successor, so
+        // the previous chunk's base is the candidate (it is at the receiver: named before).
+        if let Some(prev) = previous.filter(|p| p != id && after_early_cut) {
+            cands.retain(|(c, _)| *c != prev);
+            cands.insert(0, (prev, usize::MAX));
         }
         let mut chosen = None;
         for (cid, _) in cands {

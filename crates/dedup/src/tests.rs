@@ -82,6 +82,21 @@ fn transfer_with(
     tx_stats: &Arc<RouteStats>,
     rx_stats: &Arc<RouteStats>,
     delta: Option<&DeltaSetup>,
+    tamper: impl FnMut(&mut Frame),
+) -> Result<(Vec<u8>, usize), Error> {
+    transfer_parts(&[input], tx, rx, dedup, tx_stats, rx_stats, delta, tamper)
+}
+
+/// [`transfer_with`] of `parts` in order, the sender flushing between them (the client paused).
+#[allow(clippy::too_many_arguments)]
+fn transfer_parts(
+    parts: &[&[u8]],
+    tx: &Side,
+    rx: &Side,
+    dedup: bool,
+    tx_stats: &Arc<RouteStats>,
+    rx_stats: &Arc<RouteStats>,
+    delta: Option<&DeltaSetup>,
     mut tamper: impl FnMut(&mut Frame),
 ) -> Result<(Vec<u8>, usize), Error> {
     let hasher = ChunkHasher::new(KEY);
@@ -116,8 +131,13 @@ fn transfer_with(
     }
     let mut out = Vec::new();
     let mut wire = BytesMut::new();
-    for piece in input.chunks(3000) {
-        enc.push(piece, &mut wire);
+    for (i, input) in parts.iter().enumerate() {
+        if i > 0 {
+            enc.flush(&mut wire);
+        }
+        for piece in input.chunks(3000) {
+            enc.push(piece, &mut wire);
+        }
     }
     enc.finish(&mut wire);
     let mut wan = wire.len();
@@ -453,6 +473,35 @@ fn delta_with_a_missing_base_is_recovered_through_the_miss_path() {
     assert!(load(&d.rx.base_misses) > 0);
     assert_eq!(load(&d.rx.run_failures), load(&d.rx.runs));
     assert!(load(&r.misses) >= load(&d.rx.base_misses));
+}
+
+#[test]
+fn a_chunk_cut_early_by_a_client_pause_crosses_as_deltas_against_the_chunk_it_split() {
+    let (tx, rx) = (side(), side());
+    let d = delta_setup("rx");
+    // Random bytes: a piece of a chunk shares no sketch feature with it by construction.
+    let mut v = vec![0u8; 400_000];
+    ChaCha8Rng::seed_from_u64(31).fill(&mut v[..]);
+    transfer_with(&v, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+    // The same bytes again, but the client paused in the middle of a chunk: the sender cut
+    // there, so two chunks are new — the piece before the pause and the rest after it.
+    let cut = 200_001;
+    let (out, wan) = transfer_parts(
+        &[&v[..cut], &v[cut..]],
+        &tx,
+        &rx,
+        true,
+        &rs(),
+        &rs(),
+        Some(&d),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(out, v);
+    // Both pieces are parts of a chunk the receiver holds: a few KiB of frames, not a literal
+    // of the rest (which resembles no sketch and is not that chunk's successor).
+    assert!(wan < 8_000, "re-sent with a pause: {wan} WAN bytes");
+    assert_eq!(load(&d.rx.base_misses), 0);
 }
 
 #[test]
