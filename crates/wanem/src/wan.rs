@@ -38,6 +38,11 @@ impl WanStats {
     pub fn wan_bytes(&self) -> u64 {
         self.a_to_b.bytes + self.b_to_a.bytes
     }
+
+    /// Packets the drop-tail queues dropped in both directions (congestion, not random loss).
+    pub fn queue_drops(&self) -> u64 {
+        self.a_to_b.dropped_queue + self.b_to_a.dropped_queue
+    }
 }
 
 impl fmt::Display for WanStats {

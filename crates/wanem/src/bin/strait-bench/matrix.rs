@@ -456,10 +456,7 @@ impl Cell<'_> {
             cap.unwrap_or(TRANSFER_LIMIT),
         )?;
         let d = self.wan.stats().since(&w0);
-        let (wan, queue_drops) = (
-            d.wan_bytes(),
-            d.a_to_b.dropped_queue + d.b_to_a.dropped_queue,
-        );
+        let (wan, queue_drops) = (d.wan_bytes(), d.queue_drops());
         let cpu_b = origin.cpu() - b0;
         set_cc(self.wan, "bbr")?;
         let (logical, partial) = if capped && cap.is_some() {
@@ -529,10 +526,7 @@ impl Cell<'_> {
             TRANSFER_LIMIT,
         )?;
         let d = self.wan.stats().since(&w0);
-        let (wan, queue_drops) = (
-            d.wan_bytes(),
-            d.a_to_b.dropped_queue + d.b_to_a.dropped_queue,
-        );
+        let (wan, queue_drops) = (d.wan_bytes(), d.queue_drops());
         // The daemon's per-connection child is reaped into its cutime/cmaxrss by now or at exit.
         let du: Usage = daemon.terminate()?;
         if code != 0 {
@@ -582,10 +576,7 @@ impl Cell<'_> {
             TRANSFER_LIMIT,
         )?;
         let d = self.wan.stats().since(&w0);
-        let (wan, queue_drops) = (
-            d.wan_bytes(),
-            d.a_to_b.dropped_queue + d.b_to_a.dropped_queue,
-        );
+        let (wan, queue_drops) = (d.wan_bytes(), d.queue_drops());
         let (scode, su, _) = sender.wait(Duration::from_secs(30))?;
         if code != 0 || scode != 0 {
             bail!("zstd|nc failed: receiver {code}, sender {scode}");
@@ -637,10 +628,7 @@ impl Cell<'_> {
             cap.unwrap_or(TRANSFER_LIMIT),
         )?;
         let d = self.wan.stats().since(&w0);
-        let (wan, queue_drops) = (
-            d.wan_bytes(),
-            d.a_to_b.dropped_queue + d.b_to_a.dropped_queue,
-        );
+        let (wan, queue_drops) = (d.wan_bytes(), d.queue_drops());
         let cpu_a = u.cpu + pair.edge.cpu() - a0;
         let cpu_b = pair.core.cpu() + origin.cpu() - b0;
         let st1 = chunk_counts(&Pair::edge_stats(self.wan));
