@@ -55,7 +55,14 @@ impl Deltas {
                 })
                 .collect(),
         };
+        let gauge = |name: &str, help: &str, v: f64| ExtraFamily {
+            name: name.into(),
+            help: help.into(),
+            kind: "gauge",
+            samples: vec![(Vec::new(), v)],
+        };
         let idx = self.index.stats();
+        let (objects, ids) = self.versions.len();
         vec![
             fam(
                 "delta_chunks_total",
@@ -82,31 +89,26 @@ impl Deltas {
                 "Delta runs that failed verification and were asked for again.",
                 &|s| s.run_failures.load(Relaxed),
             ),
-            ExtraFamily {
-                name: "sketch_index_entries".into(),
-                help: "Chunks in the resemblance-sketch index.".into(),
-                kind: "gauge",
-                samples: vec![(Vec::new(), idx.entries as f64)],
-            },
-            ExtraFamily {
-                name: "delta_version_objects".into(),
-                help: "HTTP objects whose last version's chunks are kept as delta-base hints."
-                    .into(),
-                kind: "gauge",
-                samples: vec![(Vec::new(), self.versions.len().0 as f64)],
-            },
-            ExtraFamily {
-                name: "delta_version_ids".into(),
-                help: "Chunk ids kept as delta-base hints of HTTP objects' last versions.".into(),
-                kind: "gauge",
-                samples: vec![(Vec::new(), self.versions.len().1 as f64)],
-            },
-            ExtraFamily {
-                name: "sketch_index_bytes".into(),
-                help: "Memory of the resemblance-sketch index.".into(),
-                kind: "gauge",
-                samples: vec![(Vec::new(), idx.bytes as f64)],
-            },
+            gauge(
+                "sketch_index_entries",
+                "Chunks in the resemblance-sketch index.",
+                idx.entries as f64,
+            ),
+            gauge(
+                "delta_version_objects",
+                "HTTP objects whose last version's chunks are kept as delta-base hints.",
+                objects as f64,
+            ),
+            gauge(
+                "delta_version_ids",
+                "Chunk ids kept as delta-base hints of HTTP objects' last versions.",
+                ids as f64,
+            ),
+            gauge(
+                "sketch_index_bytes",
+                "Memory of the resemblance-sketch index.",
+                idx.bytes as f64,
+            ),
         ]
     }
 }
