@@ -4,7 +4,7 @@ use crate::delta::DeltaStats;
 use crate::run::{
     run_digest, MAX_RUN_DECODED_BYTES, MAX_RUN_PREFIX_BYTES, RUN_GAP_STEPS, RUN_SUPPLY_FLAG,
 };
-use crate::{short, Error, ACK_EVERY, MAX_VERIFY_ATTEMPTS, NO_STORE_FLAG};
+use crate::{short, Error, ACK_EVERY, MAX_VERIFY_ATTEMPTS, NO_STORE_FLAG, PREVIEW_FLAG};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -22,6 +22,12 @@ enum Slot {
         id: WireId,
         len: u32,
         store: bool,
+        /// The bytes of the chunk to deliver: all of it, or what previews did not deliver, or
+        /// (for a `Part`) the previewed range.
+        from: u32,
+        to: u32,
+        /// What the chunk's first `from` bytes must be, when known (the previews delivered).
+        check: Option<Bytes>,
     },
     /// A delta run that failed verification, waiting for its chunks to be supplied.
     Run(Box<WaitingRun>),
@@ -63,6 +69,29 @@ pub struct FlowDecoder {
     prev_id: Option<WireId>,
     /// The identity `BaseRef::Next` steps from (mirrors the encoder's).
     identity: Option<WireId>,
+    /// Previews since the last item: the start of the next chunk.
+    preview: Preview,
+}
+
+/// What previews delivered of the chunk the sender's client paused in.
+#[derive(Default)]
+struct Preview {
+    /// Bytes delivered (or queued to be) so far.
+    len: usize,
+    /// Those bytes, unless a `Part` of them is still being supplied.
+    known: Vec<u8>,
+    lost: bool,
+}
+
+impl Preview {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes the next chunk must start with, if known.
+    fn check(&self) -> Option<Bytes> {
+        (!self.lost).then(|| Bytes::copy_from_slice(&self.known))
+    }
 }
 
 impl FlowDecoder {
@@ -95,6 +124,7 @@ impl FlowDecoder {
             run_wants: VecDeque::new(),
             prev_id: None,
             identity: None,
+            preview: Preview::default(),
         }
     }
 
@@ -467,21 +497,39 @@ impl FlowDecoder {
         len: u32,
         payload: &Bytes,
     ) -> Result<Option<Bytes>, Error> {
-        let codec_id =
-            CodecId::try_from(codec & !(NO_STORE_FLAG | RUN_SUPPLY_FLAG)).map_err(|source| {
-                Error::Codec {
-                    id: short(id),
-                    source,
-                }
+        self.decode_verified_after(id, codec, len, payload, &[])
+    }
+
+    /// Decodes `payload` to `len` bytes and verifies `prefix` followed by them against `id`;
+    /// returns the whole chunk.
+    fn decode_verified_after(
+        &mut self,
+        id: &WireId,
+        codec: u8,
+        len: u32,
+        payload: &Bytes,
+        prefix: &[u8],
+    ) -> Result<Option<Bytes>, Error> {
+        let codec_id = CodecId::try_from(codec & !(NO_STORE_FLAG | RUN_SUPPLY_FLAG | PREVIEW_FLAG))
+            .map_err(|source| Error::Codec {
+                id: short(id),
+                source,
             })?;
-        if codec_id == CodecId::Raw {
+        if prefix.len() + len as usize > MAX_CHUNK_LEN {
+            return Err(Error::TooLong {
+                len: prefix.len() + len as usize,
+                max: MAX_CHUNK_LEN,
+            });
+        }
+        if codec_id == CodecId::Raw && prefix.is_empty() {
             // Raw chunks are delivered from the frame's own buffer: no copy.
             if payload.len() != len as usize || !self.hasher.verify(&ChunkId(*id), payload) {
                 return Ok(None);
             }
             return Ok(Some(payload.clone()));
         }
-        let mut out = Vec::with_capacity(len as usize);
+        let mut out = Vec::with_capacity(prefix.len() + len as usize);
+        out.extend_from_slice(prefix);
         if let Err(e) = self.codec.decode(codec_id, payload, len as usize, &mut out) {
             // A payload that does not decode is treated like a corrupt chunk: ask again.
             tracing::warn!(chunk = %short(id), error = %e, "chunk payload did not decode");
@@ -494,6 +542,113 @@ impl FlowDecoder {
             .compression_saved_bytes
             .fetch_add((len as u64).saturating_sub(payload.len() as u64), Relaxed);
         Ok(Some(Bytes::from(out)))
+    }
+
+    /// A preview: bytes of a chunk the sender's client paused in, delivered now (after
+    /// verification against the hash in `id`) and remembered as the start of the next chunk.
+    fn on_preview(
+        &mut self,
+        id: WireId,
+        codec: u8,
+        len: u32,
+        payload: &Bytes,
+    ) -> Result<(), Error> {
+        if self.preview.len + len as usize > MAX_CHUNK_LEN {
+            return Err(Error::TooLong {
+                len: self.preview.len + len as usize,
+                max: MAX_CHUNK_LEN,
+            });
+        }
+        // The sender holds no chunk to supply instead: a preview that fails verification
+        // ends the flow (QUIC authenticated it, so only a broken sender gets here).
+        let Some(data) = self.decode_verified(&id, codec, len, payload)? else {
+            self.stats.verify_failures.fetch_add(1, Relaxed);
+            return Err(Error::Corrupt {
+                id: short(&id),
+                attempts: 1,
+            });
+        };
+        self.preview.len += data.len();
+        if !self.preview.lost {
+            self.preview.known.extend_from_slice(&data);
+        }
+        self.push_slot(Slot::Ready(data), len)
+    }
+
+    /// A `Part`: bytes `from..to` of a stored chunk, as a preview.
+    fn on_part(
+        &mut self,
+        id: WireId,
+        len: u32,
+        from: u32,
+        to: u32,
+        wants: &mut Vec<WireId>,
+    ) -> Result<(), Error> {
+        if from as usize != self.preview.len {
+            return Err(Error::Unexpected(
+                "a part that does not continue the previews",
+            ));
+        }
+        let check = self.preview.check();
+        self.preview.len = to as usize;
+        match self.store_get(&id, len) {
+            Some(b) => {
+                let piece = Self::slice_checked(&id, &b, from, to, check.as_deref())?;
+                self.stats
+                    .dedup_saved_bytes
+                    .fetch_add(piece.len() as u64, Relaxed);
+                self.preview.known.extend_from_slice(&piece);
+                self.push_slot(Slot::Ready(piece), to - from)
+            }
+            None => {
+                self.stats.misses.fetch_add(1, Relaxed);
+                self.want(id, wants)?;
+                self.preview.lost = true;
+                let slot = Slot::Waiting {
+                    id,
+                    len,
+                    store: true,
+                    from,
+                    to,
+                    check,
+                };
+                self.push_slot(slot, to - from)
+            }
+        }
+    }
+
+    /// The stored chunk `id` if it has `len` bytes.
+    fn store_get(&self, id: &WireId, len: u32) -> Option<Bytes> {
+        match self.store.get(id, Some(self.peer)) {
+            Ok(Some(b)) if b.len() == len as usize => Some(b),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "chunk store read failed");
+                None
+            }
+        }
+    }
+
+    /// The previews the next item starts with: their length and, if known, their bytes.
+    fn take_preview(&mut self) -> (u32, Option<Bytes>) {
+        let p = std::mem::take(&mut self.preview);
+        (p.len as u32, (!p.lost).then(|| Bytes::from(p.known)))
+    }
+
+    /// Bytes `from..to` of the verified chunk `data`, whose first `from` bytes must be `check`
+    /// (what previews delivered) when that is known.
+    fn slice_checked(
+        id: &WireId,
+        data: &Bytes,
+        from: u32,
+        to: u32,
+        check: Option<&[u8]>,
+    ) -> Result<Bytes, Error> {
+        let (from, to) = (from as usize, to as usize);
+        if to > data.len() || from > to || check.is_some_and(|c| !data.starts_with(c)) {
+            return Err(Error::PreviewMismatch(short(id)));
+        }
+        Ok(data.slice(from..to))
     }
 
     fn want(&mut self, id: WireId, wants: &mut Vec<WireId>) -> Result<(), Error> {
@@ -516,6 +671,22 @@ impl FlowDecoder {
         if len == 0 {
             return Err(Error::Unexpected("empty chunk"));
         }
+        self.push_counted(slot, len)
+    }
+
+    /// Queues a chunk's slot counting the `len` bytes it delivers, which may be none when
+    /// previews (`skip`) delivered all of it.
+    fn push_item(&mut self, slot: Slot, len: u32, skip: u32) -> Result<(), Error> {
+        if skip == 0 {
+            self.push_slot(slot, len)
+        } else {
+            self.push_counted(slot, len)
+        }
+    }
+
+    /// Queues `slot`, counting `len` bytes (zero only for the rest of a chunk previews
+    /// delivered entirely: still an item to acknowledge).
+    fn push_counted(&mut self, slot: Slot, len: u32) -> Result<(), Error> {
         self.queued_bytes += len as u64;
         if self.queued_bytes > self.max_queue {
             return Err(Error::WindowExceeded {
@@ -540,13 +711,35 @@ impl FlowDecoder {
                 if self.ended {
                     return Err(Error::DataAfterEnd);
                 }
+                if codec & PREVIEW_FLAG != 0 {
+                    return self.on_preview(id, codec, len, &payload);
+                }
+                let (skip, known) = self.take_preview();
                 let store = codec & NO_STORE_FLAG == 0;
                 self.stats.literal_chunks.fetch_add(1, Relaxed);
                 self.identity = Some(id);
                 if store {
                     self.record_chain(&id);
                 }
-                match self.decode_verified(&id, codec, len, &payload)? {
+                let full = skip as usize + len as usize;
+                if full > MAX_CHUNK_LEN {
+                    return Err(Error::TooLong {
+                        len: full,
+                        max: MAX_CHUNK_LEN,
+                    });
+                }
+                // Previews whose bytes are still being supplied: the chunk cannot be verified
+                // from this literal; the sender supplies it whole.
+                let data = match &known {
+                    Some(prefix) => {
+                        self.decode_verified_after(&id, codec, len, &payload, prefix)?
+                    }
+                    None => {
+                        self.stats.misses.fetch_add(1, Relaxed);
+                        None
+                    }
+                };
+                match data {
                     Some(data) => {
                         if store {
                             if let Err(e) = self.store.put(&id, &data, self.peer) {
@@ -554,12 +747,23 @@ impl FlowDecoder {
                             }
                             self.learn(&id, &data);
                         }
-                        self.push_slot(Slot::Ready(data), len)?;
+                        let rest = data.slice(skip as usize..);
+                        self.push_item(Slot::Ready(rest), len, skip)?;
                     }
                     None => {
-                        self.stats.verify_failures.fetch_add(1, Relaxed);
+                        if known.is_some() {
+                            self.stats.verify_failures.fetch_add(1, Relaxed);
+                        }
                         self.want(id, wants)?;
-                        self.push_slot(Slot::Waiting { id, len, store }, len)?;
+                        let slot = Slot::Waiting {
+                            id,
+                            len: full as u32,
+                            store,
+                            from: skip,
+                            to: full as u32,
+                            check: known,
+                        };
+                        self.push_item(slot, len, skip)?;
                     }
                 }
             }
@@ -567,39 +771,42 @@ impl FlowDecoder {
                 if self.ended {
                     return Err(Error::DataAfterEnd);
                 }
+                let (mut skip, mut known) = self.take_preview();
                 for r in refs {
+                    let (skip, check) = (std::mem::take(&mut skip), known.take());
+                    let Some(rest) = r.len.checked_sub(skip) else {
+                        return Err(Error::PreviewMismatch(short(&r.id)));
+                    };
                     self.stats.ref_chunks.fetch_add(1, Relaxed);
                     self.identity = Some(r.id);
                     self.record_chain(&r.id);
-                    let found = match self.store.get(&r.id, Some(self.peer)) {
-                        Ok(Some(b)) if b.len() == r.len as usize => Some(b),
-                        Ok(_) => None,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "chunk store read failed");
-                            None
-                        }
-                    };
-                    match found {
+                    match self.store_get(&r.id, r.len) {
                         Some(b) => {
-                            self.stats
-                                .dedup_saved_bytes
-                                .fetch_add(r.len as u64, Relaxed);
-                            self.push_slot(Slot::Ready(b), r.len)?;
+                            self.stats.dedup_saved_bytes.fetch_add(rest as u64, Relaxed);
+                            let b = Self::slice_checked(&r.id, &b, skip, r.len, check.as_deref())?;
+                            self.push_item(Slot::Ready(b), rest, skip)?;
                         }
                         None => {
                             self.stats.misses.fetch_add(1, Relaxed);
                             self.want(r.id, wants)?;
-                            self.push_slot(
-                                Slot::Waiting {
-                                    id: r.id,
-                                    len: r.len,
-                                    store: true,
-                                },
-                                r.len,
-                            )?;
+                            let slot = Slot::Waiting {
+                                id: r.id,
+                                len: r.len,
+                                store: true,
+                                from: skip,
+                                to: r.len,
+                                check,
+                            };
+                            self.push_item(slot, rest, skip)?;
                         }
                     }
                 }
+            }
+            Frame::Part { id, len, from, to } => {
+                if self.ended {
+                    return Err(Error::DataAfterEnd);
+                }
+                self.on_part(id, len, from, to, wants)?;
             }
             Frame::Delta {
                 id,
@@ -610,6 +817,9 @@ impl FlowDecoder {
             } => {
                 if self.ended {
                     return Err(Error::DataAfterEnd);
+                }
+                if !self.preview.is_empty() {
+                    return Err(Error::Unexpected("a delta chunk after a preview"));
                 }
                 if codec != DELTA_ZSTD_PREFIX {
                     return Err(Error::DeltaCodec {
@@ -660,6 +870,9 @@ impl FlowDecoder {
                                 id,
                                 len,
                                 store: true,
+                                from: 0,
+                                to: len,
+                                check: None,
                             },
                             len,
                         )?;
@@ -673,6 +886,9 @@ impl FlowDecoder {
             } => {
                 if self.ended {
                     return Err(Error::DataAfterEnd);
+                }
+                if !self.preview.is_empty() {
+                    return Err(Error::Unexpected("a delta run after a preview"));
                 }
                 self.on_delta_run(digest, items, &payload, wants)?;
             }
@@ -707,7 +923,15 @@ impl FlowDecoder {
                     Some(data) => {
                         let mut stored = false;
                         for s in self.queue.iter_mut() {
-                            if let Slot::Waiting { id: w, store, .. } = s {
+                            if let Slot::Waiting {
+                                id: w,
+                                store,
+                                from,
+                                to,
+                                check,
+                                ..
+                            } = s
+                            {
                                 if *w == id {
                                     if *store && codec & NO_STORE_FLAG == 0 && !stored {
                                         if let Err(e) = self.store.put(&id, &data, self.peer) {
@@ -720,7 +944,14 @@ impl FlowDecoder {
                                         }
                                         stored = true;
                                     }
-                                    *s = Slot::Ready(data.clone());
+                                    let b = Self::slice_checked(
+                                        &id,
+                                        &data,
+                                        *from,
+                                        *to,
+                                        check.as_deref(),
+                                    )?;
+                                    *s = Slot::Ready(b);
                                 }
                             }
                         }
@@ -732,6 +963,11 @@ impl FlowDecoder {
                     }
                 }
             }
+            Frame::End if !self.preview.is_empty() => {
+                return Err(Error::Unexpected(
+                    "the direction ended inside a previewed chunk",
+                ));
+            }
             Frame::End => self.ended = true,
             _ => return Err(Error::Unexpected("not a data frame")),
         }
@@ -740,17 +976,22 @@ impl FlowDecoder {
 
     /// The next bytes to deliver to the client, in stream order.
     pub fn pop_ready(&mut self) -> Option<Bytes> {
-        match self.queue.front() {
-            Some(Slot::Ready(_)) => {}
-            _ => return None,
+        loop {
+            match self.queue.front() {
+                Some(Slot::Ready(_)) => {}
+                _ => return None,
+            }
+            let Some(Slot::Ready(b)) = self.queue.pop_front() else {
+                return None;
+            };
+            self.queued_bytes -= b.len() as u64;
+            self.delivered += 1;
+            self.stats.logical_bytes.fetch_add(b.len() as u64, Relaxed);
+            // The rest of a chunk its previews delivered entirely: acknowledged, nothing to give.
+            if !b.is_empty() {
+                return Some(b);
+            }
         }
-        let Some(Slot::Ready(b)) = self.queue.pop_front() else {
-            return None;
-        };
-        self.queued_bytes -= b.len() as u64;
-        self.delivered += 1;
-        self.stats.logical_bytes.fetch_add(b.len() as u64, Relaxed);
-        Some(b)
     }
 
     /// An `Ack` to send, when enough was delivered since the last one (or the queue drained).

@@ -5,7 +5,7 @@ use crate::run::{
     run_digest, Building, Planned, SentRun, RUN_GAP_STEPS, RUN_MAX_DELTA_BYTES, RUN_MAX_ITEMS,
     RUN_MAX_PREFIX_BYTES, RUN_SUPPLY_FLAG,
 };
-use crate::{short, Error, NO_STORE_FLAG, REF_BATCH};
+use crate::{short, Error, NO_STORE_FLAG, PREVIEW_FLAG, REF_BATCH};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -105,8 +105,9 @@ pub struct FlowEncoder {
     ended: bool,
     /// Ids of the chunks sent, in order, while recording ([`FlowEncoder::record_sent_ids`]).
     sent_ids: Option<Vec<ChunkId>>,
-    /// The last chunk was cut by `flush` (the client paused), not at a content boundary.
-    after_early_cut: bool,
+    /// Bytes at the start of `partial` already sent as previews: the client paused mid-chunk
+    /// and [`FlowEncoder::flush`] sent them without cutting the chunk there.
+    previewed: usize,
 }
 
 /// Most ids [`FlowEncoder::take_sent_ids`] buffers between takes (a caller that forgets to take
@@ -146,7 +147,7 @@ impl FlowEncoder {
             stats,
             ended: false,
             sent_ids: None,
-            after_early_cut: false,
+            previewed: 0,
         }
     }
 
@@ -291,36 +292,155 @@ impl FlowEncoder {
         Bytes::from(chunk)
     }
 
-    /// Whether a partial chunk, pending references or an open delta run wait for
+    /// Whether unsent bytes of a partial chunk, pending references or an open delta run wait for
     /// [`FlowEncoder::flush`].
     pub fn has_pending(&self) -> bool {
-        !self.partial.is_empty() || !self.refs.is_empty() || self.run_open()
+        self.partial.len() > self.previewed || !self.refs.is_empty() || self.run_open()
     }
 
     fn run_open(&self) -> bool {
         self.delta.as_ref().is_some_and(|d| d.run.is_some())
     }
 
-    /// Sends the partial chunk now (the client went idle for the flush delay) and emits pending
-    /// references. The chunker keeps its state, so the next content-defined boundary falls where
-    /// it would have without the flush: one chunk is split in two, every later one is unchanged.
+    /// The client went idle for the flush delay: sends pending references, the open run and the
+    /// bytes of the partial chunk not yet sent, as a preview item (a verified literal the
+    /// receiver delivers at once but does not store). The chunk is not cut: its boundary stays
+    /// where the content puts it, so a pause never changes which chunks a stream is made of.
+    /// When the chunk completes it crosses as usual (a reference, or a literal of the bytes
+    /// after the previews), and the receiver delivers only what the previews did not.
     pub fn flush(&mut self, out: &mut BytesMut) {
-        if !self.partial.is_empty() {
-            let chunk = self.take_partial();
-            self.emit_chunk(chunk, out);
-            self.after_early_cut = true;
-        }
         self.close_run(out);
         self.emit_refs(out);
+        if self.partial.len() > self.previewed {
+            self.emit_preview(out);
+        }
     }
 
-    /// The client finished sending: flush and end the direction.
+    /// The client finished sending: the partial chunk is the last one; everything is sent and
+    /// the direction ends.
     pub fn finish(&mut self, out: &mut BytesMut) {
         if !self.ended {
-            self.flush(out);
+            if !self.partial.is_empty() {
+                let chunk = self.take_partial();
+                self.emit_chunk(chunk, out);
+            }
+            self.close_run(out);
+            self.emit_refs(out);
             Frame::End.encode(out);
             self.ended = true;
         }
+    }
+
+    /// Sends `partial[previewed..]` as a preview item: a `Part` of the chunk that followed the
+    /// previous one when this stream crossed before and the open chunk starts like it (the
+    /// receiver holds it: a repeat transfer stays a stream of references however the client
+    /// paused), else a literal.
+    fn emit_preview(&mut self, out: &mut BytesMut) {
+        let (from, to) = (self.previewed, self.partial.len());
+        if let Some((id, data)) = self.predicted() {
+            if data.len() >= to && data[..to] == self.partial[..to] {
+                Frame::Part {
+                    id,
+                    len: data.len() as u32,
+                    from: from as u32,
+                    to: to as u32,
+                }
+                .encode(out);
+                let n = (to - from) as u64;
+                self.stats.logical_bytes.fetch_add(n, Relaxed);
+                self.stats.dedup_saved_bytes.fetch_add(n, Relaxed);
+                self.previewed = to;
+                self.hold(id, data, None);
+                return;
+            }
+        }
+        let piece = Bytes::copy_from_slice(&self.partial[self.previewed..]);
+        let id = self.hasher.id(&piece).0;
+        let len = piece.len();
+        self.scratch.clear();
+        let codec = self.codec.encode(&piece, &mut self.scratch);
+        self.stats.logical_bytes.fetch_add(len as u64, Relaxed);
+        self.stats
+            .compression_saved_bytes
+            .fetch_add(len.saturating_sub(self.scratch.len()) as u64, Relaxed);
+        Frame::encode_chunk(
+            out,
+            false,
+            &id,
+            u8::from(codec) | PREVIEW_FLAG | NO_STORE_FLAG,
+            len as u32,
+            &self.scratch,
+        );
+        self.previewed = self.partial.len();
+        self.hold(id, piece, None);
+    }
+
+    /// The chunk that followed the last one sent the last time chunks crossed with this peer in
+    /// this order, if the peer holds it and this side can read it for the peer.
+    fn predicted(&self) -> Option<(WireId, Bytes)> {
+        let c = self.chain.as_ref()?;
+        let from = self.prev_id.as_ref()?;
+        let p = c.successor(self.peer.index(), from, 1)?;
+        if !self.store.peer_has(&p, self.peer) {
+            return None;
+        }
+        let data = self.store.get(&p, Some(self.peer)).ok().flatten()?;
+        Some((p, data))
+    }
+
+    /// A chunk whose first `skip` bytes crossed as previews: a reference when the peer holds it
+    /// (the receiver delivers the bytes after `skip`), else a literal of those bytes only (the
+    /// receiver prepends the previews and verifies the whole chunk). Never a delta: the
+    /// receiver's preview bytes would not be part of what the run rebuilds.
+    fn emit_previewed(&mut self, id: WireId, chunk: Bytes, skip: usize, out: &mut BytesMut) {
+        let len = chunk.len();
+        let rest = len - skip;
+        self.stats.logical_bytes.fetch_add(rest as u64, Relaxed);
+        if self.cfg.dedup && self.store.peer_has(&id, self.peer) {
+            self.refs.push(ChunkRef {
+                id,
+                len: len as u32,
+            });
+            self.stats.ref_chunks.fetch_add(1, Relaxed);
+            self.stats.dedup_saved_bytes.fetch_add(rest as u64, Relaxed);
+        } else {
+            self.emit_refs(out);
+            self.scratch.clear();
+            let codec = self.codec.encode(&chunk[skip..], &mut self.scratch);
+            self.stats
+                .compression_saved_bytes
+                .fetch_add(rest.saturating_sub(self.scratch.len()) as u64, Relaxed);
+            self.write_literal(&id, u8::from(codec), rest, out);
+            if self.cfg.dedup {
+                if let Err(e) = self.store.put(&id, &chunk, self.peer) {
+                    tracing::warn!(error = %e, "chunk store write failed");
+                }
+                if let Some(d) = &self.delta {
+                    if let Some(sk) = sketch(&chunk) {
+                        d.index.insert(&id, sk);
+                    }
+                }
+            }
+        }
+        self.identity = Some(id);
+        if self.cfg.dedup {
+            self.record_chain(&id);
+        }
+        self.hold(id, chunk, None);
+    }
+
+    /// Writes a `Literal` frame of the payload in `self.scratch`, decoding to `len` bytes.
+    fn write_literal(&mut self, id: &WireId, codec: u8, len: usize, out: &mut BytesMut) {
+        let flag = if self.cfg.dedup { 0 } else { NO_STORE_FLAG };
+        Frame::encode_chunk(out, false, id, codec | flag, len as u32, &self.scratch);
+        self.stats.literal_chunks.fetch_add(1, Relaxed);
+    }
+
+    /// Keeps an item until the peer acknowledges it.
+    fn hold(&mut self, id: WireId, data: Bytes, bases: Option<Box<[WireId]>>) {
+        self.unacked_bytes += data.len() as u64;
+        self.unacked.push_back(Held { id, data, bases });
+        self.sent_items += 1;
     }
 
     /// Whether `finish` was called.
@@ -514,6 +634,11 @@ impl FlowEncoder {
                 v.push(ChunkId(id));
             }
         }
+        let skip = std::mem::take(&mut self.previewed);
+        if skip > 0 {
+            self.emit_previewed(id, chunk, skip, out);
+            return;
+        }
         let len = chunk.len();
         self.stats.logical_bytes.fetch_add(len as u64, Relaxed);
         let mut in_run = false;
@@ -592,16 +717,7 @@ impl FlowEncoder {
                 None => {
                     self.close_run(out);
                     self.emit_refs(out);
-                    let flag = if self.cfg.dedup { 0 } else { NO_STORE_FLAG };
-                    Frame::encode_chunk(
-                        out,
-                        false,
-                        &id,
-                        u8::from(codec) | flag,
-                        len as u32,
-                        &self.scratch,
-                    );
-                    self.stats.literal_chunks.fetch_add(1, Relaxed);
+                    self.write_literal(&id, u8::from(codec), len, out);
                     self.identity = Some(id);
                     None
                 }
@@ -619,14 +735,7 @@ impl FlowEncoder {
             // once it has rebuilt them, and base names inside a run must resolve the same way.
             self.record_chain(&id);
         }
-        self.unacked_bytes += len as u64;
-        self.unacked.push_back(Held {
-            id,
-            data: chunk,
-            bases,
-        });
-        self.sent_items += 1;
-        self.after_early_cut = false;
+        self.hold(id, chunk, bases);
         if self.run_full() {
             self.close_run(out);
         }
@@ -771,7 +880,6 @@ impl FlowEncoder {
     /// agree (or nothing else resembles it), else the most resembling candidate. Also indexes
     /// the chunk's sketch.
     fn try_delta(&mut self, id: &WireId, chunk: &[u8]) -> Option<DeltaPlan> {
-        let (previous, after_early_cut) = (self.identity, self.after_early_cut);
         let predicted = match (&self.chain, &self.identity) {
             (Some(c), Some(from)) => c.successor(self.peer.index(), from, 1),
             _ => None,
@@ -813,13 +921,6 @@ impl FlowEncoder {
                 None if cands.is_empty() => cands.push((p, 0)),
                 None => {}
             }
-        }
-        // After a chunk the sender cut early (the client paused mid-chunk), this chunk is the
-        // rest of that chunk's base: it resembles no sketch and is not the base's successor, so
-        // the previous chunk's base is the candidate (it is at the receiver: named before).
-        if let Some(prev) = previous.filter(|p| p != id && after_early_cut) {
-            cands.retain(|(c, _)| *c != prev);
-            cands.insert(0, (prev, usize::MAX));
         }
         let mut chosen = None;
         for (cid, _) in cands {

@@ -41,6 +41,10 @@ pub use encoder::{EncoderConfig, FlowEncoder};
 
 /// Codec byte flag: the sender will never reference this chunk, so the receiver need not store it.
 pub const NO_STORE_FLAG: u8 = 0x80;
+/// Codec byte flag of a `Literal` that previews the start of a chunk the client paused in (see
+/// [`FlowEncoder::flush`]): delivered at once, never stored; the next item is that chunk and
+/// the receiver delivers only its bytes after the previews.
+pub const PREVIEW_FLAG: u8 = 0x20;
 /// References are emitted once this many are pending (or at the next literal or flush).
 pub const REF_BATCH: usize = 64;
 /// The receiver acknowledges at least every this many delivered items.
@@ -55,6 +59,9 @@ pub enum Error {
     /// The peer asked for a chunk this flow never sent or already saw acknowledged.
     #[error("peer wanted chunk {0} which this flow is not holding")]
     UnknownWant(String),
+    /// A chunk does not start with the bytes its previews delivered (or is shorter).
+    #[error("chunk {0} does not start with the bytes previewed for it")]
+    PreviewMismatch(String),
     /// The peer supplied a chunk nobody asked for.
     #[error("peer supplied chunk {0} which was not requested")]
     UnrequestedSupply(String),

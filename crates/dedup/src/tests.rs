@@ -2,7 +2,7 @@
 //! Engine tests: an encoder and a decoder wired back to back through the real frame codec.
 
 use super::*;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -373,7 +373,7 @@ proptest! {
     /// Random data, random previous history on both sides (some shared chunks, some only on one
     /// side, some evicted at the receiver): the decoder always delivers exactly the input.
     #[test]
-    fn roundtrip_is_byte_exact_for_any_store_state(seed in any::<u64>(), len in 1usize..200_000, wipe in any::<bool>(), dedup in any::<bool>()) {
+    fn roundtrip_is_byte_exact_for_any_store_state(seed in any::<u64>(), len in 1usize..200_000, wipe in any::<bool>(), dedup in any::<bool>(), pauses in proptest::collection::vec(any::<u32>(), 0..6)) {
         let (tx, rx) = (side(), side());
         let base = data(seed, len);
         // History: a transfer of a prefix, then maybe lose the receiver's store.
@@ -386,7 +386,10 @@ proptest! {
             let at = rng.gen_range(0..=input.len());
             input.insert(at, rng.gen());
         }
-        let out = transfer(&input, &tx, &rx, dedup, &Arc::new(RouteStats::default()), &Arc::new(RouteStats::default()), |_| {}).unwrap();
+        // The client pauses at random places (a pause at the very end previews a whole chunk).
+        let mut cuts: Vec<usize> = pauses.iter().map(|p| *p as usize % (input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let (out, _) = transfer_parts(&split_at(&input, &cuts), &tx, &rx, dedup, &rs(), &rs(), None, |_| {}).unwrap();
         prop_assert_eq!(out, input);
     }
 }
@@ -475,33 +478,246 @@ fn delta_with_a_missing_base_is_recovered_through_the_miss_path() {
     assert!(load(&r.misses) >= load(&d.rx.base_misses));
 }
 
+/// `v` split at `cuts` (sorted, in range): the parts a client that paused there sends.
+fn split_at<'a>(v: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut parts = Vec::with_capacity(cuts.len() + 1);
+    let mut at = 0;
+    for &c in cuts {
+        parts.push(&v[at..c]);
+        at = c;
+    }
+    parts.push(&v[at..]);
+    parts
+}
+
 #[test]
-fn a_chunk_cut_early_by_a_client_pause_crosses_as_deltas_against_the_chunk_it_split() {
+fn client_pauses_mid_chunk_change_no_chunk_and_previews_are_delivered_once() {
     let (tx, rx) = (side(), side());
     let d = delta_setup("rx");
-    // Random bytes: a piece of a chunk shares no sketch feature with it by construction.
+    // Random bytes: nothing of a chunk could cross as anything but itself.
     let mut v = vec![0u8; 400_000];
     ChaCha8Rng::seed_from_u64(31).fill(&mut v[..]);
-    transfer_with(&v, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
-    // The same bytes again, but the client paused in the middle of a chunk: the sender cut
-    // there, so two chunks are new — the piece before the pause and the rest after it.
-    let cut = 200_001;
-    let (out, wan) = transfer_parts(
-        &[&v[..cut], &v[cut..]],
+    let (s1, r1) = (rs(), rs());
+    // First pass: the client paused five times, mid-chunk.
+    let cuts = [20_001, 90_003, 90_500, 200_001, 333_333];
+    let (out, wan1) = transfer_parts(
+        &split_at(&v, &cuts),
         &tx,
         &rx,
         true,
-        &rs(),
-        &rs(),
+        &s1,
+        &r1,
         Some(&d),
         |_| {},
     )
     .unwrap();
     assert_eq!(out, v);
-    // Both pieces are parts of a chunk the receiver holds: a few KiB of frames, not a literal
-    // of the rest (which resembles no sketch and is not that chunk's successor).
-    assert!(wan < 8_000, "re-sent with a pause: {wan} WAN bytes");
-    assert_eq!(load(&d.rx.base_misses), 0);
+    assert_eq!(load(&r1.logical_bytes), v.len() as u64);
+    // Previewed bytes cross once: the literal that completes a chunk carries only the rest, so
+    // the pauses cost one frame header each over the same transfer without pauses.
+    let d0 = delta_setup("rx");
+    let (_, wan0) = transfer_parts(
+        &[&v[..]],
+        &side(),
+        &side(),
+        true,
+        &rs(),
+        &rs(),
+        Some(&d0),
+        |_| {},
+    )
+    .unwrap();
+    // A pause costs a preview's frame header (a literal's, or a whole `Part` frame, the
+    // larger), and the references pending then go out in a `Refs` frame of their own (type,
+    // length and count: at most 8 bytes).
+    let mut part = BytesMut::new();
+    Frame::Part {
+        id: [0; 32],
+        len: 2,
+        from: 0,
+        to: 1,
+    }
+    .encode(&mut part);
+    let per_pause = part.len().max(Frame::literal_overhead()) + 8;
+    assert!(
+        wan1 <= wan0 + cuts.len() * per_pause,
+        "{wan1} WAN bytes with pauses, {wan0} without"
+    );
+    // Second pass, no pause: every chunk is one the pauses did not change, so all references.
+    let (s2, r2) = (rs(), rs());
+    let (out, wan2) =
+        transfer_parts(&[&v[..]], &tx, &rx, true, &s2, &r2, Some(&d), |_| {}).unwrap();
+    assert_eq!(out, v);
+    assert_eq!(load(&s2.literal_chunks), 0);
+    assert_eq!(load(&r2.dedup_saved_bytes), v.len() as u64);
+    // Third pass, pauses elsewhere: each preview is a part of the chunk that came next last
+    // time, so everything still crosses by reference.
+    let (s3, r3) = (rs(), rs());
+    let cuts = [5_000, 150_000, 150_001, 399_999];
+    let (out, wan3) = transfer_parts(
+        &split_at(&v, &cuts),
+        &tx,
+        &rx,
+        true,
+        &s3,
+        &r3,
+        Some(&d),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(out, v);
+    assert_eq!(load(&s3.literal_chunks), 0);
+    assert_eq!(load(&r3.dedup_saved_bytes), v.len() as u64);
+    assert_eq!(load(&r3.logical_bytes), v.len() as u64);
+    assert!(
+        wan3 <= wan2 + cuts.len() * per_pause,
+        "{wan3} WAN bytes, {wan2} without pauses"
+    );
+    // Without the order chunks crossed in (no index), the previewed bytes cross as literals and
+    // only those: the rest is still referenced.
+    let (s4, r4) = (rs(), rs());
+    let (out, wan4) =
+        transfer_parts(&split_at(&v, &cuts), &tx, &rx, true, &s4, &r4, None, |_| {}).unwrap();
+    assert_eq!(out, v);
+    assert_eq!(load(&s4.literal_chunks), 0);
+    let previewed = v.len() as u64 - load(&r4.dedup_saved_bytes);
+    assert!(previewed > 0 && previewed < 300_000, "{previewed}");
+    assert!(
+        wan4 <= wan2 + previewed as usize + cuts.len() * per_pause,
+        "{wan4} WAN bytes, {previewed} previewed, {wan2} without pauses"
+    );
+}
+
+#[test]
+fn a_chunk_previewed_entirely_before_the_end_is_still_stored_and_acknowledged() {
+    let (tx, rx) = (side(), side());
+    let v = data(41, 3_000);
+    // The client sends everything, pauses (a preview of all of it), then closes.
+    let (out, _) =
+        transfer_parts(&[&v[..], &[]], &tx, &rx, true, &rs(), &rs(), None, |_| {}).unwrap();
+    assert_eq!(out, v);
+    // The chunk is in both stores: a repeat is one reference.
+    let (s2, r2) = (rs(), rs());
+    assert_eq!(transfer(&v, &tx, &rx, true, &s2, &r2, |_| {}).unwrap(), v);
+    assert_eq!(load(&s2.literal_chunks), 0);
+    assert_eq!(load(&r2.dedup_saved_bytes), v.len() as u64);
+}
+
+#[test]
+fn a_previewed_chunk_the_receiver_lost_is_supplied_and_only_its_rest_delivered() {
+    let tx = side();
+    let v = data(42, 200_000);
+    let cuts = [1_000, 77_777, 150_000];
+    // Without the chain, literal previews; with it, previews are parts of chunks. Either way
+    // the receiver's store is new while the sender believes it holds every chunk.
+    let d = delta_setup("rx");
+    for delta in [None, Some(&d)] {
+        transfer_with(&v, &tx, &side(), true, &rs(), &rs(), delta, |_| {}).unwrap();
+        let r = rs();
+        let parts = split_at(&v, &cuts);
+        let (out, _) =
+            transfer_parts(&parts, &tx, &side(), true, &rs(), &r, delta, |_| {}).unwrap();
+        assert_eq!(out, v);
+        assert!(load(&r.misses) > 0);
+    }
+}
+
+#[test]
+fn corrupted_or_inconsistent_previews_end_the_flow_and_deliver_nothing_wrong() {
+    let (tx, rx) = (side(), side());
+    let mut v = vec![0u8; 100_000];
+    ChaCha8Rng::seed_from_u64(43).fill(&mut v[..]);
+    let parts = split_at(&v, &[30_000]);
+    // A preview whose bytes do not hash to its id.
+    let err = transfer_parts(&parts, &tx, &rx, true, &rs(), &rs(), None, |f| {
+        if let Frame::Literal { payload, codec, .. } = f {
+            if *codec & PREVIEW_FLAG != 0 {
+                let mut p = payload.to_vec();
+                p[0] ^= 1;
+                *payload = p.into();
+            }
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    // A sender whose chunk does not start with what it previewed: a consistent preview of
+    // other bytes (re-hashed), then the real chunk by reference.
+    transfer(&v, &tx, &rx, true, &rs(), &rs(), |_| {}).unwrap();
+    let hasher = ChunkHasher::new(KEY);
+    let err = transfer_parts(&parts, &tx, &rx, true, &rs(), &rs(), None, |f| {
+        if let Frame::Literal {
+            id, payload, codec, ..
+        } = f
+        {
+            if *codec & PREVIEW_FLAG != 0 {
+                let mut p = payload.to_vec();
+                p[0] ^= 1;
+                *id = hasher.id(&p).0;
+                *payload = p.into();
+            }
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::PreviewMismatch(_)), "{err}");
+    // Hostile orders: a delta run or the end of the direction right after a preview.
+    let mut dec = lone_decoder(&rx);
+    let mut wants = Vec::new();
+    let p = Bytes::from_static(b"previewed");
+    let preview = Frame::Literal {
+        id: hasher.id(&p).0,
+        codec: PREVIEW_FLAG | NO_STORE_FLAG,
+        len: p.len() as u32,
+        payload: p,
+    };
+    dec.on_frame(preview.clone(), &mut wants).unwrap();
+    assert_eq!(dec.pop_ready().as_deref(), Some(&b"previewed"[..]));
+    assert!(matches!(
+        dec.on_frame(Frame::End, &mut wants),
+        Err(Error::Unexpected(_))
+    ));
+    let run = Frame::DeltaRun {
+        digest: [0; 32],
+        items: vec![strait_wire::RunItem::Same(strait_wire::BaseRef::Id(
+            [1; 32],
+        ))],
+        payload: Bytes::new(),
+    };
+    assert!(matches!(
+        dec.on_frame(run, &mut wants),
+        Err(Error::Unexpected(_))
+    ));
+    // A part must continue the previews, and names a chunk only this peer's entries can give.
+    let mut dec = lone_decoder(&rx);
+    dec.on_frame(preview, &mut wants).unwrap();
+    let part = |from| Frame::Part {
+        id: [9; 32],
+        len: 100,
+        from,
+        to: 50,
+    };
+    assert!(matches!(
+        dec.on_frame(part(0), &mut wants),
+        Err(Error::Unexpected(_))
+    ));
+    let mut dec = lone_decoder(&rx);
+    wants.clear();
+    dec.on_frame(part(0), &mut wants).unwrap();
+    assert_eq!(wants, vec![[9; 32]]);
+    assert!(dec.pop_ready().is_none());
+    // Previews alone never grow past one chunk.
+    let big = Bytes::from(vec![0u8; strait_wire::MAX_CHUNK_LEN]);
+    let err = dec
+        .on_frame(
+            Frame::Literal {
+                id: hasher.id(&big).0,
+                codec: PREVIEW_FLAG | NO_STORE_FLAG,
+                len: big.len() as u32,
+                payload: big,
+            },
+            &mut wants,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLong { .. }), "{err}");
 }
 
 #[test]
@@ -787,14 +1003,16 @@ proptest! {
     /// Random chunks, random edits, random receiver state (kept or wiped): delta transfers
     /// always deliver exactly the input.
     #[test]
-    fn delta_roundtrip_is_byte_exact_for_random_edits(seed in any::<u64>(), len in 1usize..150_000, edits in 0usize..80, wipe in any::<bool>()) {
+    fn delta_roundtrip_is_byte_exact_for_random_edits(seed in any::<u64>(), len in 1usize..150_000, edits in 0usize..80, wipe in any::<bool>(), pauses in proptest::collection::vec(any::<u32>(), 0..4)) {
         let (tx, rx) = (side(), side());
         let d = delta_setup("rx");
         let v1 = data(seed, len);
         transfer_with(&v1, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
         let rx = if wipe { side() } else { rx };
         let v2 = edited(seed ^ 0x77, &v1, edits);
-        let (out, _) = transfer_with(&v2, &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
+        let mut cuts: Vec<usize> = pauses.iter().map(|p| *p as usize % (v2.len() + 1)).collect();
+        cuts.sort_unstable();
+        let (out, _) = transfer_parts(&split_at(&v2, &cuts), &tx, &rx, true, &rs(), &rs(), Some(&d), |_| {}).unwrap();
         prop_assert_eq!(out, v2);
     }
 }

@@ -280,6 +280,7 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                         | Frame::Supply { .. }
                         | Frame::Delta { .. }
                         | Frame::DeltaRun { .. }
+                        | Frame::Part { .. }
                         | Frame::End) => {
                             decoder.on_frame(f, &mut wants)?;
                             if !wants.is_empty() {

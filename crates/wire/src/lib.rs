@@ -224,6 +224,20 @@ pub enum Frame {
         /// One zstd frame (empty when no item is a `Delta`).
         payload: Bytes,
     },
+    /// Bytes `from..to` of a chunk the sender believes the receiver holds: a preview of the
+    /// chunk the sender's client paused in, predicted from the order chunks crossed before. The
+    /// sender checked that its open chunk's first `to` bytes are this chunk's; `from` is what
+    /// earlier previews of the open chunk delivered. Part of the ordered data (one item).
+    Part {
+        /// The predicted chunk.
+        id: WireId,
+        /// Its length.
+        len: u32,
+        /// First byte delivered.
+        from: u32,
+        /// End of the bytes delivered (`from < to <= len`).
+        to: u32,
+    },
     /// The sender's data direction is finished (TCP half-close).
     End,
     /// The receiver lacks these chunks (miss or failed verification): please supply them.
@@ -245,6 +259,7 @@ const T_SUPPLY: u8 = 0x12;
 const T_END: u8 = 0x13;
 const T_DELTA: u8 = 0x14;
 const T_DELTA_RUN: u8 = 0x15;
+const T_PART: u8 = 0x16;
 const T_WANT: u8 = 0x20;
 const T_ACK: u8 = 0x21;
 const T_PING: u8 = 0x22;
@@ -351,6 +366,18 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, Error> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    /// A chunk length (`what` names it in the error), at most [`MAX_CHUNK_LEN`].
+    fn chunk_len(&mut self, what: &'static str) -> Result<u32, Error> {
+        let len = self.u32()?;
+        if len as usize > MAX_CHUNK_LEN {
+            return Err(Error::OverLimit {
+                what,
+                value: len as usize,
+                max: MAX_CHUNK_LEN,
+            });
+        }
+        Ok(len)
     }
     fn u64(&mut self) -> Result<u64, Error> {
         let b = self.take(8)?;
@@ -621,6 +648,13 @@ impl Frame {
                 out.put_slice(payload);
                 T_DELTA_RUN
             }
+            Frame::Part { id, len, from, to } => {
+                out.put_slice(id);
+                out.put_u32(*len);
+                out.put_u32(*from);
+                out.put_u32(*to);
+                T_PART
+            }
             Frame::End => T_END,
             Frame::Want(ids) => {
                 out.put_u16(ids.len() as u16);
@@ -748,14 +782,7 @@ impl Frame {
             T_LITERAL | T_SUPPLY => {
                 let id = r.id()?;
                 let codec = r.u8()?;
-                let len = r.u32()?;
-                if len as usize > MAX_CHUNK_LEN {
-                    return Err(Error::OverLimit {
-                        what: "chunk length",
-                        value: len as usize,
-                        max: MAX_CHUNK_LEN,
-                    });
-                }
+                let len = r.chunk_len("chunk length")?;
                 let start = r.pos;
                 let payload_len = r.rest().len();
                 if payload_len > MAX_CHUNK_LEN {
@@ -794,14 +821,7 @@ impl Frame {
                 let mut refs = Vec::with_capacity(n);
                 for _ in 0..n {
                     let id = r.id()?;
-                    let len = r.u32()?;
-                    if len as usize > MAX_CHUNK_LEN {
-                        return Err(Error::OverLimit {
-                            what: "chunk length",
-                            value: len as usize,
-                            max: MAX_CHUNK_LEN,
-                        });
-                    }
+                    let len = r.chunk_len("chunk length")?;
                     refs.push(ChunkRef { id, len });
                 }
                 Frame::Refs(refs)
@@ -809,14 +829,7 @@ impl Frame {
             T_DELTA => {
                 let id = r.id()?;
                 let codec = r.u8()?;
-                let len = r.u32()?;
-                if len as usize > MAX_CHUNK_LEN {
-                    return Err(Error::OverLimit {
-                        what: "chunk length",
-                        value: len as usize,
-                        max: MAX_CHUNK_LEN,
-                    });
-                }
+                let len = r.chunk_len("chunk length")?;
                 let n = r.u8()? as usize;
                 if n == 0 || n > MAX_DELTA_BASES {
                     return Err(Error::OverLimit {
@@ -828,14 +841,7 @@ impl Frame {
                 let mut bases = Vec::with_capacity(n);
                 for _ in 0..n {
                     let id = r.id()?;
-                    let len = r.u32()?;
-                    if len as usize > MAX_CHUNK_LEN {
-                        return Err(Error::OverLimit {
-                            what: "base chunk length",
-                            value: len as usize,
-                            max: MAX_CHUNK_LEN,
-                        });
-                    }
+                    let len = r.chunk_len("base chunk length")?;
                     bases.push(ChunkRef { id, len });
                 }
                 let start = r.pos;
@@ -883,6 +889,20 @@ impl Frame {
                     items,
                     payload: body.slice(start..),
                 }
+            }
+            T_PART => {
+                let id = r.id()?;
+                let len = r.chunk_len("chunk length")?;
+                let from = r.u32()?;
+                let to = r.u32()?;
+                if from >= to || to > len {
+                    return Err(Error::OverLimit {
+                        what: "part range end (must exceed its start)",
+                        value: to as usize,
+                        max: len as usize,
+                    });
+                }
+                Frame::Part { id, len, from, to }
             }
             T_END => Frame::End,
             T_WANT => {

@@ -99,6 +99,11 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 items,
                 payload: Bytes::from(p)
             }),
+        (id, 1u32..1_000_000, any::<u32>(), any::<u32>()).prop_map(|(id, len, a, b)| {
+            let from = a % len;
+            let to = from + 1 + b % (len - from);
+            Frame::Part { id, len, from, to }
+        }),
         Just(Frame::End),
         prop::collection::vec(id, 0..50).prop_map(Frame::Want),
         any::<u64>().prop_map(Frame::Ack),
