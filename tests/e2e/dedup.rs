@@ -602,6 +602,47 @@ async fn ping_pong_median(addr: std::net::SocketAddr, n: usize) -> anyhow::Resul
 }
 
 #[test]
+fn a_client_pausing_mid_chunk_changes_no_chunk_so_its_repeat_crosses_by_reference() {
+    let _h = heavy();
+    let rt = rt();
+    let (_origin, mut pair) = start(&rt, |_| {});
+    let data = seeded::bytes(0x5107, 4 * MIB);
+    // A slow producer: 48 KiB, then a pause far longer than the 2 ms flush delay, 86 times.
+    // Every pause sends the partial chunk ahead; none may cut it.
+    let pause = Duration::from_millis(10);
+    let upload = |piece: usize| {
+        let t = rt
+            .block_on(origin::upload_paced(pair.forward(), &data, piece, pause))
+            .unwrap();
+        assert_eq!(t.len, data.len() as u64);
+        assert_eq!(Some(t.hash), t.sent_hash, "differs at the upstream");
+    };
+    let rx = |pair: &Pair| route(&pair.core_stats(), "origin", "upload");
+    upload(48 * 1024);
+    let r0 = rx(&pair);
+    // The same bytes, paused at other places (37 KiB pieces).
+    upload(37 * 1024);
+    let second = strait_e2e::poll("core counters settle", Duration::from_secs(10), || {
+        let r = rx(&pair).since(&r0);
+        (r.logical_bytes > data.len() as u64).then_some(r)
+    })
+    .unwrap();
+    println!(
+        "second paced upload: {second:?} ({:.2}% by reference)",
+        100.0 * second.dedup_saved_bytes as f64 / second.logical_bytes as f64
+    );
+    // Only the start of the first chunk has nothing to predict it: everything else crosses
+    // by reference, previews included.
+    assert_eq!(second.literal_chunks, 0, "{second:?}");
+    assert!(
+        second.dedup_saved_bytes * 100 >= second.logical_bytes * 95,
+        "{second:?}"
+    );
+    assert!(second.wan_bytes * 20 <= second.logical_bytes, "{second:?}");
+    pair.stop().unwrap();
+}
+
+#[test]
 fn interactive_request_response_sees_no_latency_beyond_the_flush_delay() {
     let _h = heavy();
     let rt = rt();

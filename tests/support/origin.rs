@@ -335,10 +335,26 @@ pub async fn upload(addr: SocketAddr, seed: u64, len: u64) -> anyhow::Result<Tra
 
 /// Uploads `data` via `addr`; returns what the origin received.
 pub async fn upload_bytes(addr: SocketAddr, data: &[u8]) -> anyhow::Result<Transfer> {
+    upload_paced(addr, data, data.len().max(1), std::time::Duration::ZERO).await
+}
+
+/// [`upload_bytes`] by a client that writes `piece` bytes at a time and pauses `pause` after
+/// each (a slow producer: every pause longer than the flush delay sends a partial chunk ahead).
+pub async fn upload_paced(
+    addr: SocketAddr,
+    data: &[u8],
+    piece: usize,
+    pause: std::time::Duration,
+) -> anyhow::Result<Transfer> {
     let t0 = std::time::Instant::now();
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(&[OP_SINK]).await?;
-    s.write_all(data).await?;
+    for p in data.chunks(piece) {
+        s.write_all(p).await?;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
     s.shutdown().await?;
     let (n, hash) = sink_reply(&mut s).await?;
     Ok(Transfer {
