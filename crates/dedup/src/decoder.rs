@@ -602,7 +602,7 @@ impl FlowDecoder {
             }
             None => {
                 self.stats.misses.fetch_add(1, Relaxed);
-                self.want(id, wants)?;
+                self.want_missing(id, wants)?;
                 self.preview.lost = true;
                 let slot = Slot::Waiting {
                     id,
@@ -649,6 +649,20 @@ impl FlowDecoder {
             return Err(Error::PreviewMismatch(short(id)));
         }
         Ok(data.slice(from..to))
+    }
+
+    /// Asks for a chunk this side lacks, unless a want for it is outstanding: a slot already
+    /// waits for it, and the supply fills every slot waiting for that id (a `Part` and the
+    /// reference completing it often name the same chunk).
+    fn want_missing(&mut self, id: WireId, wants: &mut Vec<WireId>) -> Result<(), Error> {
+        let outstanding = self
+            .queue
+            .iter()
+            .any(|s| matches!(s, Slot::Waiting { id: w, .. } if *w == id));
+        if outstanding {
+            return Ok(());
+        }
+        self.want(id, wants)
     }
 
     fn want(&mut self, id: WireId, wants: &mut Vec<WireId>) -> Result<(), Error> {
@@ -754,7 +768,7 @@ impl FlowDecoder {
                         if known.is_some() {
                             self.stats.verify_failures.fetch_add(1, Relaxed);
                         }
-                        self.want(id, wants)?;
+                        self.want_missing(id, wants)?;
                         let slot = Slot::Waiting {
                             id,
                             len: full as u32,
@@ -788,7 +802,7 @@ impl FlowDecoder {
                         }
                         None => {
                             self.stats.misses.fetch_add(1, Relaxed);
-                            self.want(r.id, wants)?;
+                            self.want_missing(r.id, wants)?;
                             let slot = Slot::Waiting {
                                 id: r.id,
                                 len: r.len,
@@ -864,7 +878,7 @@ impl FlowDecoder {
                         self.push_slot(Slot::Ready(Bytes::from(data)), len)?;
                     }
                     None => {
-                        self.want(id, wants)?;
+                        self.want_missing(id, wants)?;
                         self.push_slot(
                             Slot::Waiting {
                                 id,

@@ -148,6 +148,7 @@ fn transfer_parts(
         assert!(rounds < 10, "wants never converged");
         fd.extend(&wire);
         wire.clear();
+        // Like the transport: wants go out after each frame, supplies come back later.
         let mut wants = Vec::new();
         while let Some((mut f, _)) = fd.next_frame().unwrap() {
             tamper(&mut f);
@@ -158,10 +159,11 @@ fn transfer_parts(
             if let Some(Frame::Ack(n)) = dec.take_ack() {
                 enc.on_ack(n)?;
             }
-        }
-        if !wants.is_empty() {
-            enc.on_want(&wants, &mut wire)?;
-            wan += wire.len();
+            if !wants.is_empty() {
+                let before = wire.len();
+                enc.on_want(&std::mem::take(&mut wants), &mut wire)?;
+                wan += wire.len() - before;
+            }
         }
     }
     assert!(dec.is_done(), "decoder not done");
