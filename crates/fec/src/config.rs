@@ -228,7 +228,11 @@ impl FecConfig {
                 let k = self.adaptive_k as usize;
                 (
                     k,
-                    crate::controller::repair_cap(k, max_ratio),
+                    crate::controller::repair_cap_for_burst(
+                        k,
+                        max_ratio,
+                        crate::controller::MAX_SMALL_BLOCK_REPAIR as f64,
+                    ),
                     MAX_INTERLEAVE,
                 )
             }

@@ -21,6 +21,14 @@ pub use crate::meter::{
 /// repair packet, and a 1-packet block of an interleaved round one copy, which a loss burst of
 /// two or three packets defeats.
 pub const SMALL_BLOCK_REPAIR: usize = 4;
+/// On a bursty path a small block may get up to twice the (upper-bound) burst length in repair
+/// packets, at most this many: one burst must not take a whole request and its repair.
+pub const MAX_SMALL_BLOCK_REPAIR: usize = 12;
+/// One-sided 95 % normal quantile: the planner sizes repair for the mean burst length's upper
+/// confidence bound, not its point estimate. A sparse flow sees few bursts, and a burst length
+/// read short (a long burst split by a delivered packet, a burst cut by an idle period) leaves
+/// blocks unprotected exactly when latency matters.
+pub const BURST_CONFIDENCE_Z: f64 = 1.645;
 /// When the peer's report rests on fewer packets than this, the loss we measure on the reverse
 /// direction fills the rest of the sample (the peer of a sparse sender sees too few packets to
 /// tell 2% loss from none; the reverse direction usually has the same link).
@@ -92,11 +100,34 @@ pub fn min_repair(k: usize, d: usize, p: f64, burst: f64, target: f64, cap: usiz
 /// Repair cap for a block of `k` sources: `ceil(k · max_ratio)`, but at least
 /// [`SMALL_BLOCK_REPAIR`] when the ratio allows any repair at all.
 pub fn repair_cap(k: usize, max_ratio: f64) -> usize {
+    repair_cap_for_burst(k, max_ratio, 1.0)
+}
+
+/// [`repair_cap`] on a path whose loss bursts last `burst` packets: blocks of at most
+/// [`MAX_SMALL_BLOCK_REPAIR`] sources may get up to `2 × burst` repair packets (at most
+/// [`MAX_SMALL_BLOCK_REPAIR`]); larger blocks keep the configured ratio.
+pub fn repair_cap_for_burst(k: usize, max_ratio: f64, burst: f64) -> usize {
     if max_ratio <= 0.0 {
         return 0;
     }
     let by_ratio = (k as f64 * max_ratio).ceil() as usize;
-    by_ratio.clamp(SMALL_BLOCK_REPAIR, MAX_M)
+    let small = if k <= MAX_SMALL_BLOCK_REPAIR {
+        ((2.0 * burst).ceil() as usize).clamp(SMALL_BLOCK_REPAIR, MAX_SMALL_BLOCK_REPAIR)
+    } else {
+        SMALL_BLOCK_REPAIR
+    };
+    by_ratio.clamp(small, MAX_M)
+}
+
+/// Upper confidence bound ([`BURST_CONFIDENCE_Z`]) of the mean burst length `burst` measured at
+/// loss rate `p` over `packets` packets. Burst lengths of a Gilbert channel are geometric, with
+/// variance `burst · (burst − 1)`; random loss (`burst` = 1) stays 1.
+pub fn burst_upper_bound(p: f64, burst: f64, packets: f64) -> f64 {
+    let bursts = p * packets / burst.max(1.0);
+    if burst <= 1.0 || bursts <= 0.0 {
+        return burst.max(1.0);
+    }
+    burst + BURST_CONFIDENCE_Z * (burst * (burst - 1.0) / bursts.max(1.0)).sqrt()
 }
 
 /// What the encoder does with its next packets.
@@ -131,8 +162,9 @@ pub struct RepairPlanner {
     mode: FecMode,
     k: usize,
     plan: Plan,
-    /// Loss rate and mean burst of the latest report (blended with the reverse direction).
-    measured: (f64, f64),
+    /// Loss rate, mean burst and packets of the latest report (blended with the reverse
+    /// direction).
+    measured: (f64, f64, f64),
     /// The start-up prior, while it lasts: (source packets sent, repair packets left).
     startup: Option<(u64, u64)>,
 }
@@ -160,7 +192,7 @@ impl RepairPlanner {
                 depth: 1,
                 repair: vec![0; adaptive_k + 1],
             }),
-            measured: (0.0, 1.0),
+            measured: (0.0, 1.0, 0.0),
             startup,
         };
         pl.replan();
@@ -218,7 +250,8 @@ impl RepairPlanner {
         let FecMode::Adaptive { target, max_ratio } = self.mode else {
             return;
         };
-        let (mut p, mut burst) = self.measured;
+        let (mut p, burst, packets) = self.measured;
+        let mut burst = burst_upper_bound(p, burst, packets);
         if self.startup.is_some() && p < STARTUP_LOSS {
             // Loss already measured keeps its burst length; the prior itself is random loss.
             if p == 0.0 {
@@ -226,7 +259,7 @@ impl RepairPlanner {
             }
             p = STARTUP_LOSS;
         }
-        let cap = repair_cap(self.k, max_ratio);
+        let cap = repair_cap_for_burst(self.k, max_ratio, burst);
         // Depth: the shallowest that needs the least repair for a full block.
         let mut best = (usize::MAX, 1);
         for d in 1..=MAX_INTERLEAVE {
@@ -241,7 +274,8 @@ impl RepairPlanner {
         let depth = if best.0 == 0 { 1 } else { best.1 };
         let mut repair = vec![0; self.k + 1];
         for (kk, slot) in repair.iter_mut().enumerate().skip(1) {
-            *slot = min_repair(kk, depth, p, burst, target, repair_cap(kk, max_ratio));
+            let cap = repair_cap_for_burst(kk, max_ratio, burst);
+            *slot = min_repair(kk, depth, p, burst, target, cap);
         }
         self.plan = Plan {
             k: self.k,
@@ -251,21 +285,21 @@ impl RepairPlanner {
     }
 }
 
-/// Loss rate and mean burst from the peer's report, topped up with the reverse direction's
-/// counts when the report covers fewer than [`PRIOR_PACKETS`] packets.
-fn blend(report: LossReport, reverse: LossEstimate) -> (f64, f64) {
+/// Loss rate, mean burst and packets counted from the peer's report, topped up with the reverse
+/// direction's counts when the report covers fewer than [`PRIOR_PACKETS`] packets.
+fn blend(report: LossReport, reverse: LossEstimate) -> (f64, f64, f64) {
     let n = report.packets as f64;
     let p_fwd = report.loss_ppm as f64 / 1e6;
     let b_fwd = report.burst_milli as f64 / 1000.0;
     let room = (PRIOR_PACKETS - n).max(0.0);
     let p_rev = reverse.rate();
     if room <= 0.0 || reverse.packets <= 0.0 || p_rev == 0.0 {
-        return (p_fwd, b_fwd.max(1.0));
+        return (p_fwd, b_fwd.max(1.0), n);
     }
     let w = room.min(reverse.packets);
     let p = (p_fwd * n + p_rev * w) / (n + w);
     let burst = if p_fwd > 0.0 { b_fwd } else { reverse.burst() };
-    (p, burst.max(1.0))
+    (p, burst.max(1.0), n + w)
 }
 
 #[cfg(test)]
@@ -431,12 +465,42 @@ mod tests {
         assert_eq!(pl.plan().m_for(1), 2);
         assert_eq!(pl.plan().m_for(2), 3);
         assert!(block_failure_probability(2, 3, 1, 0.02, 1.02) <= DEFAULT_TARGET);
-        // Bursty loss (mean burst 4): interleaved single-packet blocks get several copies.
+        // Bursty loss (mean burst 4): interleaved single-packet blocks get several copies,
+        // more than a random-loss path's cap, for the burst's upper bound.
         pl.on_report(report(10_000, 4000, 0));
-        assert!(pl.plan().depth > 1);
-        assert_eq!(pl.plan().m_for(1), SMALL_BLOCK_REPAIR);
+        let d = pl.plan().depth;
+        assert!(d > 1);
+        let m1 = pl.plan().m_for(1);
+        assert!(
+            (SMALL_BLOCK_REPAIR + 1..=MAX_SMALL_BLOCK_REPAIR).contains(&m1),
+            "{m1}"
+        );
+        let upper = burst_upper_bound(0.01, 4.0, 10_000.0);
+        assert!(block_failure_probability(1, m1, d, 0.01, upper) <= DEFAULT_TARGET);
         assert!(pl.plan().m_for(32) <= 16);
         assert_eq!(repair_cap(2, 0.0), 0);
+    }
+
+    #[test]
+    fn burst_length_is_planned_at_its_upper_confidence_bound() {
+        // Random loss stays random.
+        assert_eq!(burst_upper_bound(0.02, 1.0, 10_000.0), 1.0);
+        // Mean 4 from 25 bursts: a little above; from 2 bursts: far above; more data, closer.
+        let many = burst_upper_bound(0.01, 4.0, 10_000.0);
+        let few = burst_upper_bound(0.01, 4.0, 800.0);
+        assert!((4.3..5.5).contains(&many), "{many}");
+        assert!(few > many + 1.0, "{few} vs {many}");
+        assert!(burst_upper_bound(0.01, 4.0, 1e7) < 4.05);
+        // The planner sizes a full block for the bound, not the point estimate.
+        let mut pl = RepairPlanner::without_startup(FecMode::adaptive(), 32);
+        pl.on_report(LossReport {
+            loss_ppm: 10_000,
+            burst_milli: 4000,
+            queue_delay_us: 0,
+            packets: 800,
+        });
+        let (d, m) = (pl.plan().depth, pl.plan().m_for(32));
+        assert!(block_failure_probability(32, m, d, 0.01, few) <= DEFAULT_TARGET);
     }
 
     #[test]

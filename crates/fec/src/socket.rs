@@ -164,35 +164,31 @@ impl Shared {
         entry
     }
 
-    /// Runs due timers, sends what they produced, returns the next deadline.
+    /// Runs due timers, sends what they produced, returns the next deadline. Sends under the
+    /// peers lock, like [`FecSocket::try_send`]: packets leave in sequence-number order, so a
+    /// timer-flushed repair packet racing quinn's next packet never looks like a loss.
     fn run_timers(&self, now: Instant) -> Instant {
-        let mut out: Vec<(SocketAddr, Option<IpAddr>, Vec<u8>)> = Vec::new();
         let mut next = now + MAX_TIMER_SLEEP;
-        {
-            let mut peers = lock(&self.peers);
-            peers
-                .map
-                .retain(|_, p| now.saturating_duration_since(p.last_active) < PEER_IDLE_TIMEOUT);
-            for (addr, p) in peers.map.iter_mut() {
-                if p.session.poll_timeout().is_some_and(|t| t <= now) {
-                    p.session.handle_timeout(now);
-                }
-                while let Some(w) = p.session.poll_transmit() {
-                    out.push((*addr, p.src_ip, w));
-                }
-                if let Some(t) = p.session.poll_timeout() {
-                    next = next.min(t);
+        let mut peers = lock(&self.peers);
+        peers
+            .map
+            .retain(|_, p| now.saturating_duration_since(p.last_active) < PEER_IDLE_TIMEOUT);
+        for (addr, p) in peers.map.iter_mut() {
+            if p.session.poll_timeout().is_some_and(|t| t <= now) {
+                p.session.handle_timeout(now);
+            }
+            while let Some(w) = p.session.poll_transmit() {
+                if let Err(e) = self.send_wire(*addr, None, p.src_ip, &w) {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        FecStats::add(&self.stats.local_send_drops, 1);
+                    }
                 }
             }
-            peers.armed = Some(next);
-        }
-        for (addr, src_ip, w) in out {
-            if let Err(e) = self.send_wire(addr, None, src_ip, &w) {
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    FecStats::add(&self.stats.local_send_drops, 1);
-                }
+            if let Some(t) = p.session.poll_timeout() {
+                next = next.min(t);
             }
         }
+        peers.armed = Some(next);
         next
     }
 
@@ -335,21 +331,21 @@ impl AsyncUdpSocket for FecSocket {
         let res = sh.io.try_io(Interest::WRITABLE, || {
             let now = Instant::now();
             let mut out: Vec<Vec<u8>> = Vec::new();
-            {
-                let mut peers = lock(&sh.peers);
-                let p = sh.peer(&mut peers, t.destination, now);
-                p.src_ip = t.src_ip;
-                // GSO is off (max_transmit_segments = 1), but split defensively.
-                let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
-                for pkt in t.contents.chunks(seg) {
-                    match p.session.on_send(pkt, now) {
-                        Ok(wires) => out.extend(wires),
-                        Err(e) => tracing::debug!(error = %e, "packet not FEC-encoded; dropped"),
-                    }
+            // Encoded and sent under the peers lock: the timer task's packets (idle flushes,
+            // reports) cannot slip between a sequence number and the wire.
+            let mut peers = lock(&sh.peers);
+            let p = sh.peer(&mut peers, t.destination, now);
+            p.src_ip = t.src_ip;
+            // GSO is off (max_transmit_segments = 1), but split defensively.
+            let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+            for pkt in t.contents.chunks(seg) {
+                match p.session.on_send(pkt, now) {
+                    Ok(wires) => out.extend(wires),
+                    Err(e) => tracing::debug!(error = %e, "packet not FEC-encoded; dropped"),
                 }
-                let deadline = p.session.poll_timeout();
-                sh.rearm(&mut peers, deadline);
             }
+            let deadline = p.session.poll_timeout();
+            sh.rearm(&mut peers, deadline);
             committed = true;
             let mut blocked = false;
             for w in &out {
