@@ -110,7 +110,7 @@ pub enum Role {
 /// Congestion controller of the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Congestion {
-    /// Loss-based Cubic (quinn's default).
+    /// Loss-based Cubic (RFC 9438, strait's own with HyStart++'s delay exit from slow start).
     Cubic,
     /// Model-based BBR: keeps filling a link with random loss.
     Bbr,

@@ -2,7 +2,7 @@
 //! controller come from `[tunnel]`; quinn's defaults cap one stream near 100 Mbit/s at 100 ms.
 
 use crate::{io_err, tls, Error};
-use quinn::congestion::{CubicConfig, NewRenoConfig};
+use quinn::congestion::NewRenoConfig;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use std::net::SocketAddr;
@@ -62,7 +62,9 @@ pub fn transport_config(t: &Tunnel) -> Result<TransportConfig, Error> {
         Congestion::Bbr => {
             tc.congestion_controller_factory(Arc::new(crate::congestion::BbrConfig::default()))
         }
-        Congestion::Cubic => tc.congestion_controller_factory(Arc::new(CubicConfig::default())),
+        Congestion::Cubic => {
+            tc.congestion_controller_factory(Arc::new(crate::cubic::CubicConfig::default()))
+        }
         Congestion::NewReno => tc.congestion_controller_factory(Arc::new(NewRenoConfig::default())),
     };
     Ok(tc)

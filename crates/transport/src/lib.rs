@@ -8,11 +8,15 @@
 pub mod certs;
 pub mod classes;
 pub mod congestion;
+pub mod cubic;
 pub mod deltas;
 pub mod endpoint;
 pub mod flow;
 pub mod tls;
 pub mod versions;
+
+#[cfg(test)]
+mod sim_tests;
 
 /// Errors of the transport layer.
 #[derive(Debug, thiserror::Error)]
