@@ -21,11 +21,8 @@ pub const LOSS_WINDOW_PACKETS: f64 = 4096.0;
 /// Loss history also halves every this long, so a quiet flow's old losses fade.
 pub const LOSS_HALF_LIFE: Duration = Duration::from_secs(10);
 /// Below this many (decayed) losses in the window the reported rate is exactly zero: zero loss
-/// must mean zero repair, a long-gone loss must not keep repair on, and neither must one lone
-/// loss (two are needed): on a lossless path a single drop (a socket buffer, a reordering past
-/// the window) kept repair on for a whole half-life of sparse traffic, 2 % of a request/response
-/// run's bytes.
-const LOSS_FLOOR: f64 = 1.5;
+/// must mean zero repair, and a long-gone loss must not keep repair on.
+const LOSS_FLOOR: f64 = 0.5;
 /// Bits of sequence history kept to tell late packets from duplicates.
 const SEQ_WINDOW: usize = 1024;
 /// A missing sequence number is final (lost, and part of a burst with its missing neighbours)
@@ -496,14 +493,11 @@ mod tests {
             }
             if i % 6 == 5 {
                 last = mt.report(now);
-                // From the third second on (two losses are needed for any rate at all).
-                if i >= 180 {
-                    nonzero += (last.loss_ppm > 0) as u32;
-                }
+                nonzero += (last.loss_ppm > 0) as u32;
             }
         }
         // After the first seconds every report carries the loss, near 2%.
-        assert_eq!(nonzero, 170, "only {nonzero} of 170 reports saw loss");
+        assert!(nonzero >= 190, "only {nonzero} of 200 reports saw loss");
         assert!(
             (10_000..35_000).contains(&last.loss_ppm),
             "estimate {last:?}"
@@ -520,13 +514,9 @@ mod tests {
         let mut mt = LossMeter::new(t0, CONG);
         feed(&mut mt, t0, 30_000, 100, |i| i == 10, |_| 1000);
         assert_eq!(mt.report(t0 + Duration::from_secs(3)).loss_ppm, 0);
-        // One lone loss is no loss rate at all; two are.
-        let mut mt = LossMeter::new(t0, CONG);
-        feed(&mut mt, t0, 100, 10_000, |i| i == 10, |_| 1000);
-        assert_eq!(mt.report(t0 + Duration::from_secs(1)).loss_ppm, 0);
         // And a quiet flow forgets by time.
         let mut mt = LossMeter::new(t0, CONG);
-        feed(&mut mt, t0, 100, 10_000, |i| i == 10 || i == 50, |_| 1000);
+        feed(&mut mt, t0, 100, 10_000, |i| i == 10, |_| 1000);
         assert!(mt.report(t0 + Duration::from_secs(1)).loss_ppm > 0);
         mt.on_packet(100, 0, t0 + Duration::from_secs(31));
         assert_eq!(mt.report(t0 + Duration::from_secs(31)).loss_ppm, 0);

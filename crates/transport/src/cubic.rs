@@ -345,6 +345,12 @@ impl Cubic {
     }
 
     fn enter_congestion_avoidance(&mut self, _now: Instant) {
+        tracing::debug!(
+            from = ?self.phase,
+            window = self.window,
+            baseline = ?self.hystart.last_round_min_rtt,
+            "cubic: congestion avoidance"
+        );
         self.phase = Phase::CongestionAvoidance;
         // Left without a loss: the cubic plateau is the window we reached (K = 0).
         if self.recovery_start.is_none() && self.w_max < self.window as f64 {
@@ -456,6 +462,12 @@ impl Controller for Cubic {
         _lost_bytes: u64,
     ) {
         if !self.in_recovery(sent) {
+            tracing::debug!(
+                phase = ?self.phase,
+                window = self.window,
+                persistent = is_persistent_congestion,
+                "cubic: loss"
+            );
             self.reduce(now);
         }
         if is_persistent_congestion {

@@ -25,7 +25,10 @@ const RESPONSE: usize = 16 << 10;
 /// Port of the request/response server in site B (the core's upstream).
 const RR_PORT: u16 = 7000;
 /// Bulk transfer size and the cap on a bulk run that collapses (Cubic at 1% loss).
-const BULK: usize = 24 << 20;
+/// The bulk object: large enough that slow start (about 1 s at 100 ms) is a small part of the
+/// transfer, as in the matrix's full-mode `bulk` cell (at 24 MiB no controller could reach 80 %
+/// of the link: BBR read 70 Mbit/s).
+const BULK: usize = 96 << 20;
 const BULK_CAP: Duration = Duration::from_secs(30);
 
 fn link(loss: f64, burst: Option<(f64, f64)>) -> LinkSpec {
@@ -309,6 +312,12 @@ fn bulk(
                 "strait {cong}, FEC {}",
                 if adaptive { "adaptive" } else { "off" }
             );
+            // The pair's directory is reused by the next run: keep each run's logs (`--keep`).
+            for side in ["core", "edge"] {
+                let log = work.join("pair").join(format!("{side}.log"));
+                let fec = if adaptive { "adaptive" } else { "off" };
+                let _ = std::fs::copy(&log, work.join(format!("bulk-{cong}-{fec}-{side}.log")));
+            }
             eprintln!(
                 "    {what}: {:.1} Mbit/s, WAN {} B, repair {} B, FEC headers {} B, QUIC lost {}, queue drops {}",
                 s.goodput_mbit(),
