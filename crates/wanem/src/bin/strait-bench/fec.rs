@@ -508,8 +508,8 @@ fn markdown(
         "\n**Adaptive FEC overhead at zero loss** (same bulk transfer, lossless link). WAN bytes differ \
          between runs by QUIC's retransmissions of the drops BBR's start-up causes in the emulator's \
          drop-tail queue (congestion, not loss FEC may hide), so FEC's own bytes are shown apart: repair \
-         datagrams (all sent under the connection start-up prior: zero once the receiver has measured \
-         zero loss) and FEC headers, as a share of the run's WAN bytes:\n\n\
+         datagrams (the connection start-up prior's, plus repair for any loss the receiver counted as \
+         link loss rather than congestion) and FEC headers, as a share of the run's WAN bytes:\n\n\
          | FEC | WAN bytes | vs off | FEC repair bytes | repair % of WAN | FEC header bytes | header % of WAN | QUIC lost packets (retransmitted) | queue drops | goodput Mbit/s |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
