@@ -327,6 +327,7 @@ fn bulk(
                 n.quic_lost,
                 s.queue_drops
             );
+            eprintln!("      counters: {counters}");
             rows.push(BulkRow {
                 what,
                 s,
