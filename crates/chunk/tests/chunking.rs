@@ -116,7 +116,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
     #[test]
-    fn one_edit_in_4_mib_changes_at_most_three_chunks(
+    fn one_edit_in_4_mib_changes_at_most_four_chunks_all_next_to_it(
         seed in any::<u64>(),
         insert in any::<bool>(),
         edit_len in 1usize..2048,
@@ -133,10 +133,24 @@ proptest! {
             edited.drain(at..at + edit_len);
         }
         let (_, before) = chunk_set(&original, cfg);
-        let (after_chunks, _) = chunk_set(&edited, cfg);
-        let new_chunks = after_chunks.iter().filter(|c| !before.contains(*c)).count();
-        prop_assert!(new_chunks <= 3, "{} new chunks of {}", new_chunks, after_chunks.len());
-        prop_assert!(after_chunks.len() >= 40);
+        let after: Vec<_> = chunk_boundaries(cfg, &edited);
+        let new: Vec<_> = after
+            .iter()
+            .filter(|r| !before.contains(&edited[(*r).clone()]))
+            .collect();
+        // The chunk the edit falls in, one more when it spans a cut point, and the chunks after
+        // it until the cuts fall in step again: with normalized chunking a chunk that starts
+        // elsewhere applies the strict and loose masks at other offsets, so falling in step can
+        // take two chunks. CI found a 1458-byte deletion that changed 4 chunks (seed
+        // 10716017664711476483, kept in chunking.proptest-regressions, so it is re-run first):
+        // the bound of 3 was wrong. The bound is 4, and every new chunk must lie next to the
+        // edit — changes stay local.
+        prop_assert!(new.len() <= 4, "{} new chunks of {}", new.len(), after.len());
+        let (lo, hi) = (at.saturating_sub(cfg.max()), at + edit_len + 3 * cfg.max());
+        for r in &new {
+            prop_assert!(r.end > lo && r.start < hi, "new chunk {:?} far from the edit at {}", r, at);
+        }
+        prop_assert!(after.len() >= 40);
     }
 }
 
