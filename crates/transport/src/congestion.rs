@@ -68,6 +68,30 @@ const MIN_LOSS_EVENTS: u64 = 6;
 /// Rounds without 25 % bandwidth growth after which start-up ends.
 const FULL_BW_ROUNDS: u8 = 3;
 
+/// The RTT sample of one ACK frame: the newest packet it covers was acknowledged at once, older
+/// ones include the receiver's ACK delay, so only the newest counts. Shared by [`Bbr`] and
+/// [`crate::cubic::Cubic`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FrameRtt {
+    newest_sent: Option<Instant>,
+}
+
+impl FrameRtt {
+    /// A packet of the frame being processed was acknowledged.
+    pub(crate) fn on_acked(&mut self, sent: Instant) {
+        if self.newest_sent.is_none_or(|t| sent > t) {
+            self.newest_sent = Some(sent);
+        }
+    }
+
+    /// The frame is done: its RTT sample, if any packet was acknowledged.
+    pub(crate) fn take_sample(&mut self, now: Instant) -> Option<Duration> {
+        self.newest_sent
+            .take()
+            .map(|sent| now.saturating_duration_since(sent))
+    }
+}
+
 /// Factory of [`Bbr`].
 #[derive(Debug, Clone)]
 pub struct BbrConfig {
@@ -131,7 +155,7 @@ pub struct Bbr {
     round_acked: u64,
     round_max_in_flight: u64,
     delayed_acks: u32,
-    frame_newest_sent: Option<Instant>,
+    frame_rtt: FrameRtt,
     steady_since: Option<Instant>,
     // in-flight bound learnt from lossy rounds (never below one BDP)
     inflight_hi: Option<u64>,
@@ -172,7 +196,7 @@ impl Bbr {
             round_acked: 0,
             round_max_in_flight: 0,
             delayed_acks: 0,
-            frame_newest_sent: None,
+            frame_rtt: FrameRtt::default(),
             steady_since: None,
             inflight_hi: None,
             probe_packets: 1,
@@ -354,11 +378,7 @@ impl Bbr {
         srtt: Duration,
     ) {
         self.srtt = srtt;
-        // The newest packet an ACK frame covers was acked at once; older ones include the
-        // receiver's ACK delay. Only the newest gives the RTT sample (in `on_end_acks`).
-        if self.frame_newest_sent.is_none_or(|t| sent > t) {
-            self.frame_newest_sent = Some(sent);
-        }
+        self.frame_rtt.on_acked(sent);
         self.delivered += bytes;
         self.delivered_time = now;
         self.acked_since_end += bytes;
@@ -459,8 +479,7 @@ impl Controller for Bbr {
         _app_limited: bool,
         _largest_packet_num_acked: Option<u64>,
     ) {
-        if let Some(sent) = self.frame_newest_sent.take() {
-            let sample = now.saturating_duration_since(sent);
+        if let Some(sample) = self.frame_rtt.take_sample(now) {
             if self.mode == Mode::Startup {
                 self.check_startup_delay(sample);
             }

@@ -176,8 +176,8 @@ pub struct Cubic {
     carry: f64,
     /// Smoothed RTT, from quinn's estimator.
     srtt: Duration,
-    /// The newest send time among the packets of the ACK frame being processed.
-    frame_newest_sent: Option<Instant>,
+    /// The RTT sample of the ACK frame being processed.
+    frame_rtt: crate::congestion::FrameRtt,
 }
 
 impl Cubic {
@@ -203,7 +203,7 @@ impl Cubic {
             cwnd_prior: 0.0,
             carry: 0.0,
             srtt: Duration::ZERO,
-            frame_newest_sent: None,
+            frame_rtt: Default::default(),
         }
     }
 
@@ -243,9 +243,7 @@ impl Cubic {
         srtt: Duration,
     ) {
         self.srtt = srtt;
-        if self.frame_newest_sent.is_none_or(|t| sent > t) {
-            self.frame_newest_sent = Some(sent);
-        }
+        self.frame_rtt.on_acked(sent);
         if self.hystart_active() {
             match self.hystart.round_start {
                 Some(start) if sent < start => {}
@@ -447,9 +445,9 @@ impl Controller for Cubic {
         _app_limited: bool,
         _largest_packet_num_acked: Option<u64>,
     ) {
-        if let Some(sent) = self.frame_newest_sent.take() {
+        if let Some(sample) = self.frame_rtt.take_sample(now) {
             if self.hystart_active() {
-                self.hystart_sample(now, now.saturating_duration_since(sent));
+                self.hystart_sample(now, sample);
             }
         }
     }
