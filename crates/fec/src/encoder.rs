@@ -10,10 +10,7 @@ use crate::{
     coder::{CoderKind, ErasureCoder},
     config::FecConfig,
     controller::{LossEstimate, RepairPlanner},
-    packet::{
-        self, LossReport, RepairHeader, MAX_PAYLOAD_LEN, PLAIN_HEADER_LEN, SOURCE_HEADER_LEN,
-        TS_TICK_MICROS,
-    },
+    packet::{self, LossReport, RepairHeader, MAX_PAYLOAD_LEN, SOURCE_HEADER_LEN, TS_TICK_MICROS},
     stats::FecStats,
     FecError,
 };
@@ -42,6 +39,8 @@ pub struct Encoder {
     cursor: usize,
     round_opened: Option<Instant>,
     last_send: Option<Instant>,
+    /// When the last timestamped packet went out (see [`packet::TS_INTERVAL`]).
+    last_ts: Option<Instant>,
     /// Smoothed gap between packets sent less than `max_block_delay` apart: the sender's own
     /// pace (a paced congestion controller sends a message as packets milliseconds apart).
     pace: Option<Duration>,
@@ -77,6 +76,7 @@ impl Encoder {
             cursor: 0,
             round_opened: None,
             last_send: None,
+            last_ts: None,
             pace: None,
             idle_flush: cfg.idle_flush,
             max_block_delay: cfg.max_block_delay,
@@ -92,8 +92,19 @@ impl Encoder {
         CoderKind::from_id(self.coder.id()).unwrap_or_default()
     }
 
-    fn ts(&self, now: Instant) -> u16 {
-        (now.saturating_duration_since(self.epoch).as_micros() / TS_TICK_MICROS as u128) as u16
+    /// The timestamp of a data packet sent at `now`, when it is due one: the first packet, and
+    /// any packet [`packet::TS_INTERVAL`] or more after the last timestamped one.
+    fn stamp(&mut self, now: Instant) -> Option<u16> {
+        if self
+            .last_ts
+            .is_some_and(|t| now.saturating_duration_since(t) < packet::TS_INTERVAL)
+        {
+            return None;
+        }
+        self.last_ts = Some(now);
+        Some(
+            (now.saturating_duration_since(self.epoch).as_micros() / TS_TICK_MICROS as u128) as u16,
+        )
     }
 
     fn seq(&mut self) -> u16 {
@@ -131,11 +142,11 @@ impl Encoder {
             self.close_round(now);
         }
         let seq = self.seq();
-        let ts = self.ts(now);
-        let mut wire = Vec::with_capacity(pkt.len() + SOURCE_HEADER_LEN);
+        let ts = self.stamp(now);
+        let mut wire = Vec::with_capacity(pkt.len() + SOURCE_HEADER_LEN + packet::TS_LEN);
         if unprotected {
-            packet::encode_plain(&mut wire, seq, ts, pkt);
-            FecStats::add(&self.stats.header_overhead_bytes, PLAIN_HEADER_LEN as u64);
+            let header = packet::encode_plain(&mut wire, seq, ts, pkt);
+            FecStats::add(&self.stats.header_overhead_bytes, header as u64);
         } else {
             if self.round_opened.is_none() {
                 self.round.clear();
@@ -158,10 +169,10 @@ impl Encoder {
                 }
             });
             let index = block.payloads.len() as u8;
-            packet::encode_source(&mut wire, seq, ts, block.id, index, pkt);
+            let header = packet::encode_source(&mut wire, seq, ts, block.id, index, pkt);
             block.payloads.push(pkt.to_vec());
             block.max_len = block.max_len.max(pkt.len());
-            FecStats::add(&self.stats.header_overhead_bytes, SOURCE_HEADER_LEN as u64);
+            FecStats::add(&self.stats.header_overhead_bytes, header as u64);
         }
         FecStats::add(&self.stats.source_bytes_sent, pkt.len() as u64);
         FecStats::add(&self.stats.source_packets_sent, 1);
@@ -188,7 +199,6 @@ impl Encoder {
     /// each block, then repair 1 of each, …) so a burst hits each block at most once per pass.
     fn close_round(&mut self, now: Instant) {
         self.round_opened = None;
-        let now_ts = self.ts(now);
         let blocks: Vec<OpenBlock> = self.round.drain(..).flatten().collect();
         let mut repairs: Vec<(u16, u8, u8, Vec<Vec<u8>>)> = Vec::with_capacity(blocks.len());
         for b in blocks {
@@ -222,10 +232,10 @@ impl Encoder {
         for j in 0..most {
             for (id, k, m, shards) in &repairs {
                 if let Some(shard) = shards.get(j) {
-                    let mut wire = Vec::with_capacity(shard.len() + packet::REPAIR_HEADER_LEN);
+                    let mut wire = Vec::with_capacity(shard.len() + packet::FEC_HEADER_LEN);
                     let h = RepairHeader {
                         seq: self.seq(),
-                        ts: now_ts,
+                        ts: self.stamp(now),
                         block: *id,
                         index: j as u8,
                         k: *k,

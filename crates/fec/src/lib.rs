@@ -45,7 +45,7 @@ pub use config::{
 };
 pub use decoder::{
     Decoder, BLOCK_LINGER, FAST_REPORT_GAP, MAX_BLOCKS_IN_FLIGHT, MAX_DECODER_BYTES,
-    MAX_DELIVERY_QUEUE,
+    MAX_DELIVERY_QUEUE, REPORT_REFRESH,
 };
 pub use encoder::{Encoder, IDLE_PACE_FACTOR, MAX_ENCODER_OUTBOX};
 pub use error::FecError;

@@ -154,11 +154,16 @@ impl LossMeter {
         (i / 64, 1u64 << (i % 64))
     }
 
-    /// Records data packet `seq` sent at `ts`; returns the change in losses finalized by this
-    /// packet (positive for gaps that became final, -1 for a packet that arrived after its gap
-    /// was final, 0 otherwise).
-    pub fn on_packet(&mut self, seq: u16, ts: u16, now: Instant) -> i64 {
-        let congested = self.on_delay(ts, now);
+    /// Records data packet `seq` sent at `ts` (on packets that carry one); returns the change in
+    /// losses finalized by this packet (positive for gaps that became final, -1 for a packet that
+    /// arrived after its gap was final, 0 otherwise). A packet without a timestamp is judged by
+    /// the queue the latest timestamped one saw (at most [`crate::packet::TS_INTERVAL`] of
+    /// sending earlier).
+    pub fn on_packet(&mut self, seq: u16, ts: Option<u16>, now: Instant) -> i64 {
+        let congested = match ts {
+            Some(ts) => self.on_delay(ts, now),
+            None => self.still_congested(now),
+        };
         self.since_report += 1;
         let Some(high) = self.highest else {
             self.highest = Some(seq);
@@ -332,7 +337,13 @@ impl LossMeter {
             self.last_peak = Some(now);
             return true;
         }
-        queued
+        self.still_congested(now)
+    }
+
+    /// The latest measured queue is above `congestion_delay` and was at its peak within
+    /// [`CONGESTION_ECHO`].
+    fn still_congested(&self, now: Instant) -> bool {
+        self.last_queue >= self.congestion_ticks.max(1)
             && self
                 .last_peak
                 .is_some_and(|t| now.saturating_duration_since(t) <= CONGESTION_ECHO)
@@ -404,6 +415,18 @@ mod tests {
 
     const CONG: Duration = Duration::from_millis(10);
 
+    /// The sender's timestamp rule (as [`crate::Encoder`] applies it): a packet sent at
+    /// `sent_us` carries a timestamp when `TS_INTERVAL` passed since the last one that did,
+    /// whether or not the packet is then lost.
+    fn stamp(last: &mut Option<u64>, sent_us: u64) -> Option<u16> {
+        let every = crate::packet::TS_INTERVAL.as_micros() as u64;
+        if last.is_some_and(|t| sent_us - t < every) {
+            return None;
+        }
+        *last = Some(sent_us);
+        Some((sent_us / TS_TICK_MICROS) as u16)
+    }
+
     /// Sender and receiver share a clock; `delay_us` is the one-way delay of packet `i`.
     fn feed(
         mt: &mut LossMeter,
@@ -413,13 +436,14 @@ mod tests {
         lost: impl Fn(u16) -> bool,
         delay_us: impl Fn(u16) -> u64,
     ) {
+        let mut last = None;
         for i in 0..n {
+            let sent = i as u64 * gap_us;
+            let ts = stamp(&mut last, sent);
             if lost(i) {
                 continue;
             }
-            let sent = Duration::from_micros(i as u64 * gap_us);
-            let ts = (sent.as_micros() / TS_TICK_MICROS as u128) as u16;
-            mt.on_packet(i, ts, t0 + sent + Duration::from_micros(delay_us(i)));
+            mt.on_packet(i, ts, t0 + Duration::from_micros(sent + delay_us(i)));
         }
     }
 
@@ -429,7 +453,7 @@ mod tests {
         let mut mt = LossMeter::new(t0, CONG);
         let mut net = 0;
         for s in [0u16, 1, 2, 5, 6, 4, 6, 7, 10] {
-            net += mt.on_packet(s, 0, t0);
+            net += mt.on_packet(s, Some(0), t0);
         }
         // Losses become final after REORDER_SPAN later packets or at the next report.
         assert_eq!(net, 0);
@@ -470,7 +494,7 @@ mod tests {
                 lost += 1;
                 continue;
             }
-            mt.on_packet(s, 0, t0);
+            mt.on_packet(s, Some(0), t0);
         }
         let rep = mt.report(t0 + Duration::from_secs(3));
         assert!(lost > 150, "{lost}");
@@ -507,7 +531,7 @@ mod tests {
             let now = t0 + Duration::from_micros(i as u64 * 16_667);
             if rng.gen_bool(0.98) {
                 let ts = ((i as u64 * 16_667) / TS_TICK_MICROS) as u16;
-                mt.on_packet(i, ts, now + Duration::from_millis(50));
+                mt.on_packet(i, Some(ts), now + Duration::from_millis(50));
             }
             if i % 6 == 5 {
                 last = mt.report(now);
@@ -536,7 +560,7 @@ mod tests {
         let mut mt = LossMeter::new(t0, CONG);
         feed(&mut mt, t0, 100, 10_000, |i| i == 10, |_| 1000);
         assert!(mt.report(t0 + Duration::from_secs(1)).loss_ppm > 0);
-        mt.on_packet(100, 0, t0 + Duration::from_secs(31));
+        mt.on_packet(100, Some(0), t0 + Duration::from_secs(31));
         assert_eq!(mt.report(t0 + Duration::from_secs(31)).loss_ppm, 0);
     }
 
@@ -550,16 +574,14 @@ mod tests {
         let delay = |i: u16| (i as u64 * 10).min(100_000);
         let lost = |i: u16| i > 12_000 && (i % 160) < 8;
         let mut net = 0i64;
+        let mut last = None;
         for i in 0..n {
+            let sent = i as u64 * 100;
+            let ts = stamp(&mut last, sent);
             if lost(i) {
                 continue;
             }
-            let sent = i as u64 * 100;
-            net += mt.on_packet(
-                i,
-                (sent / TS_TICK_MICROS) as u16,
-                t0 + Duration::from_micros(sent + delay(i)),
-            );
+            net += mt.on_packet(i, ts, t0 + Duration::from_micros(sent + delay(i)));
         }
         assert!(net >= 390, "gaps still count as losses: {net}");
         let r = mt.report(t0 + Duration::from_secs(2));

@@ -19,6 +19,9 @@ pub struct Session {
     /// What we receive.
     pub decoder: Decoder,
     control: VecDeque<Vec<u8>>,
+    /// The peer's latest report, weighed again with our own estimate whenever that is renewed
+    /// (the peer repeats an unchanged zero-loss report only every [`crate::REPORT_REFRESH`]).
+    peer_report: Option<crate::LossReport>,
     stats: Arc<FecStats>,
 }
 
@@ -29,6 +32,7 @@ impl Session {
             encoder: Encoder::new(cfg, stats.clone(), now),
             decoder: Decoder::from_config(cfg, stats.clone(), now),
             control: VecDeque::new(),
+            peer_report: None,
             stats,
         }
     }
@@ -52,6 +56,7 @@ impl Session {
         let pkt = packet::decode(wire)?;
         if let Packet::Control(report) = pkt {
             // Our own measurement of the reverse direction backs up a report on few packets.
+            self.peer_report = Some(report);
             self.encoder
                 .on_report_with_prior(report, self.decoder.loss_estimate());
         } else {
@@ -76,6 +81,12 @@ impl Session {
             packet::encode_control(&mut wire, &report);
             FecStats::add(&self.stats.control_packets_sent, 1);
             self.control.push_back(wire);
+        }
+        if self.decoder.take_refreshed() {
+            if let Some(report) = self.peer_report {
+                self.encoder
+                    .on_report_with_prior(report, self.decoder.loss_estimate());
+            }
         }
     }
 

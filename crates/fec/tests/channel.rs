@@ -391,7 +391,7 @@ fn decoder_memory_is_bounded() {
     // Source packets of 2000 distinct blocks that never complete.
     for blk in 0..2000u16 {
         w.clear();
-        packet::encode_source(&mut w, blk, 0, blk, 1, &[7u8; 1000]);
+        packet::encode_source(&mut w, blk, Some(0), blk, 1, &[7u8; 1000]);
         dec.on_receive(&w, t0).unwrap().for_each(drop);
     }
     assert!(dec.blocks_tracked() <= strait_fec::MAX_BLOCKS_IN_FLIGHT);
@@ -667,5 +667,183 @@ fn sparse_request_response_at_zero_loss_sends_no_repair_after_startup() {
         assert_eq!(s.repair_packets_sent, s.startup_repair_packets, "{s:?}");
         assert!(s.startup_repair_packets <= STARTUP_REPAIR_BUDGET, "{s:?}");
         assert_eq!(s.current_m, 0, "{s:?}");
+    }
+}
+
+/// Zero-loss adaptive FEC's fixed costs: what a packet's header carries and how often the
+/// receiver reports.
+mod zero_loss_costs {
+    use super::*;
+    use strait_fec::packet::{PLAIN_HEADER_LEN, TS_INTERVAL, TS_LEN};
+    use strait_fec::REPORT_REFRESH;
+
+    fn ts_of(wire: &[u8]) -> Option<u16> {
+        match packet::decode(wire).unwrap() {
+            Packet::Plain { ts, .. } | Packet::Source { ts, .. } | Packet::Repair { ts, .. } => ts,
+            Packet::Control(_) => panic!("control packet from the encoder"),
+        }
+    }
+
+    #[test]
+    fn a_timestamp_rides_on_one_packet_per_interval_and_after_a_pause() {
+        let cfg = FecConfig {
+            startup_prior: false,
+            ..FecConfig::new(FecMode::adaptive())
+        };
+        let stats = Arc::new(FecStats::default());
+        let t0 = Instant::now();
+        let mut enc = Encoder::new(&cfg, stats.clone(), t0);
+        let gap = Duration::from_micros(100);
+        let per_interval = (TS_INTERVAL.as_micros() / gap.as_micros()) as usize;
+        let mut stamped = Vec::new();
+        for i in 0..1000 {
+            let now = t0 + gap * i as u32;
+            for w in enc.on_send(&[7u8; 1200], now).unwrap() {
+                if ts_of(&w).is_some() {
+                    stamped.push(i);
+                }
+            }
+        }
+        let expect: Vec<usize> = (0..1000).step_by(per_interval).collect();
+        assert_eq!(stamped, expect);
+        let s = stats.snapshot();
+        assert_eq!(
+            s.header_overhead_bytes as usize,
+            1000 * PLAIN_HEADER_LEN + expect.len() * TS_LEN
+        );
+        // The first packet after a pause carries one, whatever the interval's phase.
+        let later = t0 + gap * 1000 + Duration::from_millis(50);
+        let w: Vec<Vec<u8>> = enc.on_send(&[7u8; 1200], later).unwrap().collect();
+        assert!(ts_of(&w[0]).is_some());
+        let w: Vec<Vec<u8>> = enc.on_send(&[7u8; 1200], later).unwrap().collect();
+        assert_eq!(ts_of(&w[0]), None);
+    }
+
+    /// Plain packets `gap` apart into a decoder, dropping those `lost` says; returns the
+    /// reports it sends over `secs`.
+    fn reports(
+        secs: u64,
+        gap: Duration,
+        lost: impl Fn(u64) -> bool,
+    ) -> Vec<(Duration, LossReport)> {
+        let t0 = Instant::now();
+        let cfg = FecConfig {
+            startup_prior: false,
+            ..FecConfig::new(FecMode::adaptive())
+        };
+        let mut enc = Encoder::new(&cfg, Arc::new(FecStats::default()), t0);
+        let mut dec = Decoder::from_config(&cfg, Arc::new(FecStats::default()), t0);
+        let mut out = Vec::new();
+        let n = Duration::from_secs(secs).as_micros() as u64 / gap.as_micros() as u64;
+        for i in 0..n {
+            let now = t0 + gap * i as u32;
+            let wire: Vec<Vec<u8>> = enc.on_send(&[1u8; 300], now).unwrap().collect();
+            if !lost(i) {
+                for w in &wire {
+                    dec.on_receive(w, now).unwrap().for_each(drop);
+                }
+            }
+            if dec.poll_timeout().is_some_and(|t| t <= now) {
+                if let Some(r) = dec.handle_timeout(now) {
+                    out.push((now - t0, r));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_unchanged_zero_loss_report_is_repeated_only_every_refresh_interval() {
+        let secs = 10;
+        let got = reports(secs, Duration::from_millis(1), |_| false);
+        assert!(got.iter().all(|(_, r)| r.loss_ppm == 0), "{got:?}");
+        // The first report, then one per REPORT_REFRESH (it was one per 100 ms: 100 here).
+        let most = (secs * 1000 / REPORT_REFRESH.as_millis() as u64) as usize + 1;
+        assert!(
+            (secs as usize..=most).contains(&got.len()),
+            "{} reports: {got:?}",
+            got.len()
+        );
+        for pair in got.windows(2) {
+            assert!(pair[1].0 - pair[0].0 >= REPORT_REFRESH, "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn reports_keep_their_pace_while_there_is_loss_and_announce_its_end() {
+        // 2% random loss for the first 3 s, none after (the meter forgets it within ~15 s).
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let drops: Vec<bool> = (0..25_000)
+            .map(|i| i < 3000 && rng.gen_bool(0.02))
+            .collect();
+        let got = reports(25, Duration::from_millis(1), |i| drops[i as usize]);
+        let lossy: Vec<_> = got
+            .iter()
+            .filter(|(t, _)| *t < Duration::from_secs(3))
+            .collect();
+        // Every report interval (or sooner after a fresh loss) while loss is measured.
+        assert!(lossy.len() >= 29, "{} reports in 3 s: {got:?}", lossy.len());
+        assert!(
+            lossy.iter().skip(2).all(|(_, r)| r.loss_ppm > 0),
+            "{lossy:?}"
+        );
+        // Loss fades (half-life and window); the first zero report is sent at once, then the
+        // refresh pace resumes.
+        let first_zero = got
+            .iter()
+            .position(|(t, r)| *t > Duration::from_secs(3) && r.loss_ppm == 0)
+            .expect("a zero-loss report after the loss ended");
+        let prev = &got[first_zero - 1];
+        assert!(prev.1.loss_ppm > 0, "{prev:?}");
+        assert!(got[first_zero].0 - prev.0 <= Duration::from_millis(100));
+        for pair in got[first_zero..].windows(2) {
+            assert!(pair[1].0 - pair[0].0 >= REPORT_REFRESH, "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn our_own_loss_estimate_reaches_the_plan_without_a_new_report_from_the_peer() {
+        // The peer said "no loss, on few packets", then goes quiet (its zero reports are
+        // repeated only every REPORT_REFRESH). Our receiver measures 3% on the reverse
+        // direction: within a report interval our sending plan uses it as the prior.
+        let cfg = FecConfig {
+            startup_prior: false,
+            ..FecConfig::new(FecMode::adaptive())
+        };
+        let t0 = Instant::now();
+        let mut s = Session::new(&cfg, Arc::new(FecStats::default()), t0);
+        let mut ctl = Vec::new();
+        packet::encode_control(
+            &mut ctl,
+            &LossReport {
+                loss_ppm: 0,
+                burst_milli: 0,
+                queue_delay_us: 0,
+                packets: 20,
+            },
+        );
+        s.on_receive(&ctl, t0).unwrap().for_each(drop);
+        assert!(s.encoder.plan().is_unprotected());
+        let mut peer = Encoder::new(&cfg, Arc::new(FecStats::default()), t0);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut protected_at = None;
+        for i in 0..800u32 {
+            let now = t0 + Duration::from_millis(i as u64);
+            let wire: Vec<Vec<u8>> = peer.on_send(&[2u8; 500], now).unwrap().collect();
+            if !rng.gen_bool(0.03) {
+                for w in &wire {
+                    s.on_receive(w, now).unwrap().for_each(drop);
+                }
+            }
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+            while s.poll_transmit().is_some() {}
+            if protected_at.is_none() && !s.encoder.plan().is_unprotected() {
+                protected_at = Some(i);
+            }
+        }
+        let at = protected_at.expect("the reverse direction's loss never reached the plan");
+        assert!(at < 400, "plan protected only after {at} ms");
     }
 }
