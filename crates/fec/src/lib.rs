@@ -14,7 +14,8 @@
 //!   quinn ◀─poll_recv── FecSocket ◀─Session::on_receive─ [source][repair][control] ◀── UDP
 //!                         │ timer task: idle flush of partial blocks, loss reports, expiry
 //!   receiver ─control (loss ppm, burst, queue delay) every 100 ms─▶ sender's RepairPlanner
-//!             (20 ms after a new loss)      ▲ our own receiver's loss, when the report is sparse
+//!             (20 ms after a new loss;      ▲ our own receiver's loss, when the report is sparse
+//!              once a second at zero loss)    (weighed again at each of our own report ticks)
 //! ```
 //! The receiver's meter leaves out losses revealed at a queue-delay peak (a full drop-tail
 //! queue: congestion), so repair follows link loss only and congestion stays visible to QUIC.

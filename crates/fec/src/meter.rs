@@ -7,10 +7,11 @@
 //! - **Congestion is not link loss** (RFC 9265). Every gap is classified by the queueing delay of
 //!   the packet that revealed it: a drop-tail queue drops only when it is full, so the next packet
 //!   through sees the queue at its peak. A gap revealed at (near) the recent peak queueing delay,
-//!   above `congestion_delay`, is congestion: it and the packets it covers are left out of the
-//!   rate the planner sizes repair for. Random loss is independent of the queue, so the rate
-//!   measured over the packets that did not arrive at a peak is an unbiased estimate of it, and
-//!   it keeps counting random loss at a flat delay (standing or not).
+//!   above `congestion_delay`, is congestion: it, the packets it covers and the packets that
+//!   arrived at the peak are left out of the rate the planner sizes repair for. Random loss is
+//!   independent of the queue, so the rate measured over the packets that did not arrive at a
+//!   peak is an unbiased estimate of it, and it keeps counting random loss at a flat delay
+//!   (standing or not).
 
 use std::time::{Duration, Instant};
 
@@ -265,7 +266,12 @@ impl LossMeter {
         let (w, b) = Self::bit(s);
         if self.seen[w] & b != 0 {
             self.in_burst = false;
-            self.count_packets(1, 0);
+            // A packet that arrived at a queue-delay peak is left out of the rate, like the
+            // gaps such packets reveal: counted, it would dilute the random loss measured over
+            // the rest (a queue at its peak for half the time halved it, and repair fell short).
+            if self.congested[w] & b == 0 {
+                self.count_packets(1, 0);
+            }
             0
         } else if self.congested[w] & b != 0 {
             self.in_burst = false;
@@ -635,5 +641,22 @@ mod tests {
         let r = mt.report(t0 + Duration::from_secs(4));
         assert!((6_000..14_000).contains(&r.loss_ppm), "{r:?}");
         assert!(mt.take_congestion_losses() >= 90);
+    }
+
+    #[test]
+    fn packets_at_a_queue_peak_do_not_dilute_the_random_rate() {
+        // 1% random loss; the queue sits at its 40 ms peak for half of every 0.4 s and is empty
+        // for the other half. Losses revealed at the peak are left out, and so are the packets
+        // that arrived there: the rate over the rest is still 1%, not 0.5%.
+        let t0 = Instant::now();
+        let mut mt = LossMeter::new(t0, CONG);
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let n = 40_000u16;
+        let random: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.01)).collect();
+        let delay = |i: u16| if i % 4000 < 2000 { 40_000 } else { 0 };
+        feed(&mut mt, t0, n, 100, |i| random[i as usize], delay);
+        let r = mt.report(t0 + Duration::from_secs(4));
+        assert!((8_000..12_500).contains(&r.loss_ppm), "{r:?}");
+        assert!(mt.take_congestion_losses() >= 100);
     }
 }
