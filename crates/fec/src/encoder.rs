@@ -217,7 +217,11 @@ impl Encoder {
             out.truncate(m);
             let refs: Vec<&[u8]> = self.scratch_shards[..k].iter().map(Vec::as_slice).collect();
             match self.coder.encode(&refs, &mut out) {
-                Ok(()) => repairs.push((b.id, k as u8, m as u8, out)),
+                Ok(()) => {
+                    FecStats::add(&self.stats.blocks_protected, 1);
+                    FecStats::add(&self.stats.protected_sources, k as u64);
+                    repairs.push((b.id, k as u8, m as u8, out))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, block = b.id, "FEC encode failed; block sent without repair");
                 }

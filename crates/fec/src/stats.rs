@@ -17,6 +17,10 @@ pub struct FecStats {
     pub repair_packets_sent: AtomicU64,
     /// Repair packets sent under the connection start-up prior (before measured loss rules).
     pub startup_repair_packets: AtomicU64,
+    /// Blocks closed with repair (their sources over this is the mean protected block size).
+    pub blocks_protected: AtomicU64,
+    /// Source packets in the blocks of `blocks_protected`.
+    pub protected_sources: AtomicU64,
     /// Header bytes added to plain and source packets.
     pub header_overhead_bytes: AtomicU64,
     /// Control (report) packets sent.
@@ -59,6 +63,8 @@ pub struct FecStatsSnapshot {
     pub repair_bytes_sent: u64,
     pub repair_packets_sent: u64,
     pub startup_repair_packets: u64,
+    pub blocks_protected: u64,
+    pub protected_sources: u64,
     pub header_overhead_bytes: u64,
     pub control_packets_sent: u64,
     pub packets_lost: u64,
@@ -85,6 +91,8 @@ impl FecStats {
             repair_bytes_sent: self.repair_bytes_sent.load(Relaxed),
             repair_packets_sent: self.repair_packets_sent.load(Relaxed),
             startup_repair_packets: self.startup_repair_packets.load(Relaxed),
+            blocks_protected: self.blocks_protected.load(Relaxed),
+            protected_sources: self.protected_sources.load(Relaxed),
             header_overhead_bytes: self.header_overhead_bytes.load(Relaxed),
             control_packets_sent: self.control_packets_sent.load(Relaxed),
             packets_lost: self.packets_lost.load(Relaxed),

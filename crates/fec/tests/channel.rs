@@ -357,6 +357,11 @@ fn adaptive_at_two_percent_loss_learns_repair_and_rebuilds() {
     let (a, b) = (sa.snapshot(), sb.snapshot());
     assert!(a.current_m > 0, "{a:?}");
     assert!(a.repair_packets_sent > 0);
+    // Every protected block is counted with its sources: 1200-byte packets 100 µs apart fill
+    // most blocks (k = 64) before a pause closes them.
+    assert!(a.blocks_protected > 0, "{a:?}");
+    assert!(a.protected_sources <= a.blocks_protected * 64, "{a:?}");
+    assert!(a.protected_sources >= a.blocks_protected * 32, "{a:?}");
     assert!(b.packets_rebuilt > 0, "{b:?}");
     assert!(b.loss_ppm > 10_000 && b.loss_ppm < 30_000, "{b:?}");
     // The start-up prior protects the packets sent before the first report: almost nothing

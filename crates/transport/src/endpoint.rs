@@ -246,6 +246,18 @@ pub fn fec_families(stats: &FecStats) -> Vec<strait_admin::ExtraFamily> {
             s.startup_repair_packets as f64,
         ),
         one(
+            "fec_blocks_protected_total",
+            "Blocks sent with repair.",
+            "counter",
+            s.blocks_protected as f64,
+        ),
+        one(
+            "fec_protected_sources_total",
+            "Source packets in the blocks sent with repair (over the blocks: mean block size).",
+            "counter",
+            s.protected_sources as f64,
+        ),
+        one(
             "fec_local_send_drops_total",
             "Packets this side's socket could not send (buffer full).",
             "counter",
