@@ -33,7 +33,7 @@ pub const BURST_CONFIDENCE_Z: f64 = 1.645;
 /// direction fills the rest of the sample (the peer of a sparse sender sees too few packets to
 /// tell 2% loss from none; the reverse direction usually has the same link).
 pub const PRIOR_PACKETS: f64 = 2000.0;
-/// Loss assumed until the peer has measured our first [`STARTUP_PACKETS`] packets: the first
+/// Loss assumed at a connection's start (see [`RepairPlanner::new`] for how long): the first
 /// losses of a connection come before any report can, and a loss-based congestion controller
 /// (Cubic) that sees them leaves slow start with a small window it then grows for seconds at
 /// 100 ms. 1% is the random loss of a poor WAN path; the configured target is still applied.
@@ -41,9 +41,9 @@ pub const STARTUP_LOSS: f64 = 0.01;
 /// Source packets a connection sends under the start-up prior (by then a lossy path has shown
 /// its loss in the peer's reports).
 pub const STARTUP_PACKETS: u64 = 2000;
-/// Repair packets the start-up prior may spend on small blocks (fewer than
-/// [`STARTUP_LARGE_BLOCK`] sources) per connection. Requests and ACK-only packets each get two or
-/// three repair packets under the prior, so a request/response flow spends this in its first few
+/// Repair packets (of any block) the start-up prior may send before small blocks (fewer than
+/// [`STARTUP_LARGE_BLOCK`] sources) lose it. Requests and ACK-only packets each get two or three
+/// repair packets under the prior, so a request/response flow spends this in its first few
 /// exchanges; after that only measured loss buys small blocks repair. Half of it (24) left a gap:
 /// Cubic's slow start met an unrepaired random loss at a 117 KB window before the peer's reports
 /// showed loss, and the transfer crawled at 14.5 Mbit/s.

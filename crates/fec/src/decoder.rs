@@ -10,7 +10,7 @@ use std::{
 use crate::{
     coder::{CoderKind, ErasureCoder},
     config::FecConfig,
-    controller::{LossEstimate, LossMeter},
+    controller::{LossEstimate, LossMeter, PRIOR_PACKETS, STARTUP_REPORT_PACKETS},
     packet::{self, LossReport, Packet, MAX_SHARDS},
     stats::FecStats,
     FecError,
@@ -26,12 +26,16 @@ pub const BLOCK_LINGER: Duration = Duration::from_millis(500);
 pub const MAX_DELIVERY_QUEUE: usize = 4096;
 /// After a new (non-congestion) loss the next report goes out this soon after the previous one
 /// rather than a whole report interval later, so repair starts within a round trip of the first
-/// loss. Bounds control traffic to 50 reports a second while loss lasts; none at zero loss.
+/// loss. Bounds control traffic to 50 reports a second while loss lasts (no fast reports at zero
+/// loss).
 pub const FAST_REPORT_GAP: Duration = Duration::from_millis(20);
 /// A report of zero loss after a report of zero loss is sent only this long after the last
-/// one (it changes nothing at the sender). Sent every report interval, such reports were a
-/// third of what adaptive FEC cost a request/response flow at zero loss (46 bytes on the wire
-/// ten times a second each way); repeating one a second still corrects a lost transition report.
+/// one (it changes nothing at the sender), unless it is the first to cover
+/// [`crate::controller::STARTUP_REPORT_PACKETS`] or [`crate::controller::PRIOR_PACKETS`]
+/// packets (the sender ends its start-up prior, or stops weighing in its own estimate, on
+/// those). Sent every report interval, such reports were a third of what adaptive FEC cost a
+/// request/response flow at zero loss (46 bytes on the wire, version 1, ten times a second
+/// each way); repeating one a second still corrects a lost transition report.
 pub const REPORT_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -427,9 +431,14 @@ impl Decoder {
         FecStats::set(&self.stats.mean_burst_milli, r.burst_milli as u64);
         FecStats::set(&self.stats.queue_delay_us, r.queue_delay_us as u64);
         self.refreshed = true;
+        let crossed =
+            |last: &LossReport, at: f64| (last.packets as f64) < at && r.packets as f64 >= at;
         let unchanged = r.loss_ppm == 0
             && self.last_sent.is_some_and(|(t, last)| {
-                last.loss_ppm == 0 && now.saturating_duration_since(t) < REPORT_REFRESH
+                last.loss_ppm == 0
+                    && now.saturating_duration_since(t) < REPORT_REFRESH
+                    && !crossed(&last, STARTUP_REPORT_PACKETS as f64)
+                    && !crossed(&last, PRIOR_PACKETS)
             });
         if unchanged {
             return None;

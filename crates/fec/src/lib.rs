@@ -19,9 +19,10 @@
 //! ```
 //! The receiver's meter leaves out losses revealed at a queue-delay peak (a full drop-tail
 //! queue: congestion), so repair follows link loss only and congestion stays visible to QUIC.
-//! A connection's first packets are protected for an assumed loss (the start-up prior, a
-//! bounded number of repair packets) because its first losses come before any report; after
-//! that, zero measured loss means exactly zero repair.
+//! A connection's first packets are protected for an assumed loss (the start-up prior: a
+//! bounded number of repair packets for small blocks, and full blocks until the peer has
+//! measured 500 packets or 2000 went out) because its first losses come before any report;
+//! after that, zero measured loss means exactly zero repair.
 //! Only `FecSocket` does I/O; everything else takes time as an input.
 //!
 //! Both ends of a tunnel must run FEC (a bare QUIC datagram is counted in

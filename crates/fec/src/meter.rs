@@ -94,7 +94,8 @@ pub struct LossMeter {
     congestion_ticks: i64,
     highest: Option<u16>,
     seen: [u64; SEQ_WINDOW / 64],
-    /// Sequence numbers whose gap was revealed at a queue-delay peak (congestion).
+    /// Sequence numbers that arrived at a queue-delay peak, or whose gap a packet arriving at
+    /// one revealed (congestion): left out of the random-loss rate either way.
     congested: [u64; SEQ_WINDOW / 64],
     /// Next sequence number to finalize.
     final_next: u16,
@@ -158,8 +159,8 @@ impl LossMeter {
     /// Records data packet `seq` sent at `ts` (on packets that carry one); returns the change in
     /// losses finalized by this packet (positive for gaps that became final, -1 for a packet that
     /// arrived after its gap was final, 0 otherwise). A packet without a timestamp is judged by
-    /// the queue the latest timestamped one saw (at most [`crate::packet::TS_INTERVAL`] of
-    /// sending earlier).
+    /// the queue the latest timestamped packet that arrived saw (usually at most
+    /// [`crate::packet::TS_INTERVAL`] of sending earlier; more when that one was lost).
     pub fn on_packet(&mut self, seq: u16, ts: Option<u16>, now: Instant) -> i64 {
         let congested = match ts {
             Some(ts) => self.on_delay(ts, now),
@@ -182,6 +183,10 @@ impl LossMeter {
                 delta += self.settle();
                 self.seen = [0; SEQ_WINDOW / 64];
                 self.congested = [0; SEQ_WINDOW / 64];
+                if congested {
+                    let (w, b) = Self::bit(seq);
+                    self.congested[w] |= b;
+                }
                 self.final_next = seq;
                 self.in_burst = false;
             } else {
@@ -230,7 +235,14 @@ impl LossMeter {
             }
             self.seen[w] |= b;
             if (seq.wrapping_sub(self.final_next) as i16) >= 0 {
-                return 0; // late, but before its gap was final: never counted
+                // Late, but before its gap was final: never counted lost; whether it counts as
+                // a packet depends on the queue it arrived at, not the one its gap was seen at.
+                if congested {
+                    self.congested[w] |= b;
+                } else {
+                    self.congested[w] &= !b;
+                }
+                return 0;
             }
             // Counted lost already; undo in its class.
             if self.congested[w] & b != 0 {
@@ -376,7 +388,7 @@ impl LossMeter {
         std::mem::take(&mut self.congestion_lost)
     }
 
-    /// Queueing delay of the latest packet, microseconds.
+    /// Queueing delay the latest timestamped packet saw, microseconds.
     pub fn queue_delay_us(&self) -> u64 {
         self.last_queue as u64 * TS_TICK_MICROS
     }

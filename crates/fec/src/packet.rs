@@ -51,8 +51,8 @@ pub const CONTROL_LEN: usize = 17;
 pub const MAX_PAYLOAD_LEN: usize = 65_000;
 /// Largest total shards in a block (GF(2^8) limit of reed-solomon-erasure).
 pub const MAX_SHARDS: usize = 256;
-/// Largest coder id (see [`crate::CoderKind`]).
-pub const MAX_CODER_ID: u8 = 3;
+/// Largest coder id (see [`crate::CoderKind`]: 0 reed-solomon-erasure, 1 reed-solomon-simd).
+pub const MAX_CODER_ID: u8 = 1;
 /// Microseconds per timestamp tick.
 pub const TS_TICK_MICROS: u64 = 100;
 

@@ -689,6 +689,7 @@ fn sparse_request_response_at_zero_loss_sends_no_repair_after_startup() {
 /// receiver reports.
 mod zero_loss_costs {
     use super::*;
+    use strait_fec::controller::{PRIOR_PACKETS, STARTUP_REPORT_PACKETS};
     use strait_fec::packet::{PLAIN_HEADER_LEN, TS_INTERVAL, TS_LEN};
     use strait_fec::REPORT_REFRESH;
 
@@ -772,16 +773,28 @@ mod zero_loss_costs {
         let secs = 10;
         let got = reports(secs, Duration::from_millis(1), |_| false);
         assert!(got.iter().all(|(_, r)| r.loss_ppm == 0), "{got:?}");
-        // The first report, then one per REPORT_REFRESH (it was one per 100 ms: 100 here).
-        let most = (secs * 1000 / REPORT_REFRESH.as_millis() as u64) as usize + 1;
+        // The first report, one per REPORT_REFRESH (it was one per 100 ms: 100 here), and the
+        // first to cover each of the two sample sizes the sender acts on.
+        let thresholds = [STARTUP_REPORT_PACKETS as f64, PRIOR_PACKETS];
+        let most = (secs * 1000 / REPORT_REFRESH.as_millis() as u64) as usize + 1 + 2;
         assert!(
             (secs as usize..=most).contains(&got.len()),
             "{} reports: {got:?}",
             got.len()
         );
+        let mut crossings = 0;
         for pair in got.windows(2) {
-            assert!(pair[1].0 - pair[0].0 >= REPORT_REFRESH, "{pair:?}");
+            if pair[1].0 - pair[0].0 >= REPORT_REFRESH {
+                continue;
+            }
+            let (a, b) = (pair[0].1.packets as f64, pair[1].1.packets as f64);
+            assert!(
+                thresholds.iter().any(|&t| a < t && b >= t),
+                "early report that crosses no threshold: {pair:?}"
+            );
+            crossings += 1;
         }
+        assert_eq!(crossings, 2, "{got:?}");
     }
 
     #[test]
