@@ -12,10 +12,15 @@ pub const MAX_K: usize = 128;
 pub const MAX_M: usize = 64;
 /// Deepest interleaving the adaptive controller uses.
 pub const MAX_INTERLEAVE: usize = 8;
-/// Default residual block-failure target for adaptive mode. 1e-5 rather than 1e-4: a loss-based
-/// congestion controller (Cubic) at 100 ms needs residual packet loss near 1e-6 to fill
-/// 100 Mbit/s, and the measured rate it is sized from is itself noisy.
-pub const DEFAULT_TARGET: f64 = 1e-5;
+/// Default residual block-failure target for adaptive mode. What a failed block costs is one
+/// loss QUIC sees: a retransmission and, for a loss-based congestion controller, a window cut.
+/// At 1e-4 a block of 64 fails once in 640,000 packets; Cubic's response function
+/// (W ≈ 1.05 · RTT^0.75 / p^0.75 packets, RFC 9438) then allows about 4,000 packets at 100 ms,
+/// five times the window that fills 100 Mbit/s, so residual loss does not limit it. 1e-5 bought
+/// nothing more and cost a repair packet per full block at 1 % loss (7 of 64 instead of 6;
+/// Cubic's goodput on the FEC benchmark's 100 Mbit/s, 100 ms, 1 % link: 79.2–80.5 Mbit/s
+/// against 80.9–81.6 at 1e-4).
+pub const DEFAULT_TARGET: f64 = 1e-4;
 /// Default cap on repair/source for adaptive mode.
 pub const DEFAULT_MAX_RATIO: f64 = 0.5;
 /// Default source packets per block in adaptive mode. 64 needs less repair than 32 for the same

@@ -55,7 +55,17 @@ pub const STARTUP_REPAIR_BUDGET: u64 = 48;
 /// direction had not shown loss by then, the next full blocks went out unprotected before the
 /// first report with loss came back, and one unrepaired loss in slow start left Cubic at 40.7
 /// Mbit/s against 79.7 in the next run.
-pub const STARTUP_LARGE_BLOCK: usize = 32;
+pub const STARTUP_LARGE_BLOCK: usize = BULK_BLOCK;
+/// Blocks of at least this many sources are a bulk transfer's; smaller ones are messages and the
+/// tails of transfers.
+pub const BULK_BLOCK: usize = 32;
+/// Blocks smaller than [`BULK_BLOCK`] are planned for the configured target divided by this. A
+/// bulk block that fails costs one retransmitted packet among thousands (its target is set by
+/// what a congestion controller tolerates, see [`crate::config::DEFAULT_TARGET`]); a message
+/// that fails waits a whole loss-detection round trip, so a tail latency goal wants it rarer.
+/// Small blocks are few packets, so the tighter target costs little: at the default target this
+/// is the 1e-5 every block was planned for before the bulk target was relaxed.
+pub const MESSAGE_TARGET_DIVISOR: f64 = 10.0;
 /// A report on this many of our packets ends the start-up prior: from then on the peer's
 /// measurement stands on its own (at 1% loss it shows no loss with probability 0.7%).
 pub const STARTUP_REPORT_PACKETS: u32 = 500;
@@ -311,6 +321,11 @@ impl RepairPlanner {
                 (p_small, b_small)
             };
             let cap = repair_cap_for_burst(kk, max_ratio, burst);
+            let target = if kk >= BULK_BLOCK {
+                target
+            } else {
+                target / MESSAGE_TARGET_DIVISOR
+            };
             *slot = min_repair(kk, depth, p, burst, target, cap);
         }
         self.plan = Plan {
@@ -506,6 +521,29 @@ mod tests {
     }
 
     #[test]
+    fn bulk_blocks_get_the_target_and_messages_a_tenth_of_it() {
+        let p = 0.01;
+        let mut pl = RepairPlanner::without_startup(FecMode::adaptive(), 64);
+        pl.on_report(report(10_000, 1010, 0));
+        let minimal = |k: usize, target: f64| {
+            let m = pl.plan().m_for(k);
+            assert!(binomial_tail(k + m, m, p) <= target * 1.01, "k={k} m={m}");
+            assert!(
+                m == 0 || binomial_tail(k + m - 1, m - 1, p) > target,
+                "k={k} m={m} not minimal for {target}"
+            );
+            m
+        };
+        let full = minimal(64, DEFAULT_TARGET);
+        minimal(BULK_BLOCK, DEFAULT_TARGET);
+        let message = DEFAULT_TARGET / MESSAGE_TARGET_DIVISOR;
+        minimal(BULK_BLOCK - 1, message);
+        minimal(4, message);
+        // The relaxed bulk target saves a repair packet per full block at 1% loss.
+        assert!(binomial_tail(64 + full, full, p) > message, "{full}");
+    }
+
+    #[test]
     fn repair_ratio_is_capped() {
         let mut pl = RepairPlanner::without_startup(
             FecMode::Adaptive {
@@ -539,12 +577,15 @@ mod tests {
     #[test]
     fn small_blocks_get_repair_beyond_the_ratio_cap() {
         // 2% loss: a 2-packet request gets 3 repair packets (⌈2·0.5⌉ = 1 would leave a 1.2e-3
-        // failure rate), a full block stays within the ratio.
+        // failure rate), a full block stays within the ratio. Both are planned for a message's
+        // target, a tenth of a full block's.
+        let message = DEFAULT_TARGET / MESSAGE_TARGET_DIVISOR;
         let mut pl = RepairPlanner::without_startup(FecMode::adaptive(), 32);
         pl.on_report(report(20_000, 1020, 0));
         assert_eq!(pl.plan().m_for(1), 2);
         assert_eq!(pl.plan().m_for(2), 3);
-        assert!(block_failure_probability(2, 3, 1, 0.02, 1.02) <= DEFAULT_TARGET);
+        assert!(block_failure_probability(2, 3, 1, 0.02, 1.02) <= message);
+        assert!(block_failure_probability(2, 2, 1, 0.02, 1.02) > message);
         // Bursty loss (mean burst 4): interleaved single-packet blocks get several copies,
         // more than a random-loss path's cap, for the burst's upper bound.
         pl.on_report(report(10_000, 4000, 0));
@@ -556,7 +597,7 @@ mod tests {
             "{m1}"
         );
         let upper = burst_upper_bound(0.01, 4.0, 10_000.0);
-        assert!(block_failure_probability(1, m1, d, 0.01, upper) <= DEFAULT_TARGET);
+        assert!(block_failure_probability(1, m1, d, 0.01, upper) <= message);
         assert!(pl.plan().m_for(32) <= 16);
         assert_eq!(repair_cap(2, 0.0), 0);
     }

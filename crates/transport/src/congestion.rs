@@ -69,11 +69,18 @@ const MIN_LOSS_EVENTS: u64 = 6;
 const FULL_BW_ROUNDS: u8 = 3;
 
 /// The RTT sample of one ACK frame: the newest packet it covers was acknowledged at once, older
-/// ones include the receiver's ACK delay, so only the newest counts. Shared by [`Bbr`] and
+/// ones include the receiver's ACK delay, so only the newest counts, and only when it is newer
+/// than every packet acknowledged before (RFC 9002 §5.1: the largest acknowledged must be newly
+/// acknowledged). A frame that newly covers only an older packet (one FEC rebuilt after later
+/// ones arrived, up to a block's span late; a retransmission's hole filled) measures how late
+/// that packet was, not the path: such samples once made HyStart++ leave slow start at 1 MB on
+/// a 100 Mbit/s × 100 ms path with 128-packet FEC blocks. Shared by [`Bbr`] and
 /// [`crate::cubic::Cubic`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct FrameRtt {
     newest_sent: Option<Instant>,
+    /// Send time of the newest packet any earlier frame acknowledged.
+    largest_acked_sent: Option<Instant>,
 }
 
 impl FrameRtt {
@@ -84,11 +91,14 @@ impl FrameRtt {
         }
     }
 
-    /// The frame is done: its RTT sample, if any packet was acknowledged.
+    /// The frame is done: its RTT sample, if it acknowledged a packet newer than any before.
     pub(crate) fn take_sample(&mut self, now: Instant) -> Option<Duration> {
-        self.newest_sent
-            .take()
-            .map(|sent| now.saturating_duration_since(sent))
+        let sent = self.newest_sent.take()?;
+        if self.largest_acked_sent.is_some_and(|t| sent <= t) {
+            return None;
+        }
+        self.largest_acked_sent = Some(sent);
+        Some(now.saturating_duration_since(sent))
     }
 }
 

@@ -283,3 +283,47 @@ fn random_loss_keeps_cubic_far_below_the_link() {
     assert!(u < 0.25, "utilisation {u:.3} {o:?}");
     assert!(o.random_drops > 0 && o.delivered > 0);
 }
+
+/// Round 1 and 2 at the base RTT (packets 1 ms apart), then `n` ACK frames 1 ms apart, each
+/// newly acknowledging one packet at least `late_rtt` after it was sent: packets sent after
+/// everything acknowledged so far when `newer`, otherwise packets sent before the newest one
+/// acknowledged (ones FEC rebuilt or a retransmission filled, acknowledged after later ones).
+fn phase_after_late_frames(n: u32, late_rtt: Duration, newer: bool) -> Phase {
+    let rtt = Duration::from_millis(100);
+    let mut cc = cubic(true);
+    let next = ack_flight(&mut cc, Instant::now(), 10, rtt);
+    let next = ack_flight(&mut cc, next, 20, rtt);
+    // `ack_flight` returns 1 ms after the newest packet's ACK.
+    let newest_sent = next - rtt - Duration::from_millis(1);
+    let now0 = newest_sent + late_rtt + Duration::from_millis(1);
+    for i in 0..n {
+        let step = Duration::from_millis(u64::from(i));
+        let (sent, now) = if newer {
+            let sent = newest_sent + Duration::from_millis(1) + step;
+            (sent, sent + late_rtt)
+        } else {
+            (newest_sent - Duration::from_millis(1) - step, now0 + step)
+        };
+        cc.on_packet_acked(now, sent, MTU, false, rtt);
+        cc.on_end_acks(now, 0, false, None);
+    }
+    cc.phase()
+}
+
+#[test]
+fn frames_that_ack_only_older_packets_give_no_rtt_sample() {
+    // A queue building: frames acknowledging newer packets 30 ms later than the base RTT end
+    // slow start (the control case: the rule below is what keeps the other one in it).
+    assert_eq!(
+        phase_after_late_frames(16, Duration::from_millis(130), true),
+        Phase::CongestionAvoidance
+    );
+    // Packets acknowledged after later ones (FEC rebuilt them up to a block's span late): the
+    // frames' "RTT" is how late the packet was, not the path's (RFC 9002 §5.1 takes a sample
+    // only when the largest acknowledged is new). Such frames once ended HyStart++ at 1 MB on
+    // a 100 Mbit/s, 100 ms path.
+    assert_eq!(
+        phase_after_late_frames(16, Duration::from_millis(130), false),
+        Phase::SlowStart
+    );
+}

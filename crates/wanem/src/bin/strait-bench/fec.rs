@@ -273,11 +273,16 @@ fn bulk(
         strait,
         certs,
         cubic_cap: BULK_CAP,
+        trace_rate: cli.trace_rate,
     };
     let origin = cell.start_origin()?;
     let lossy = spec.loss > 0.0 || spec.burst.is_some();
+    let wanted = |what: &str| cli.method.as_deref().is_none_or(|m| what.contains(m));
     if tcp {
         for cc in ["cubic", "bbr"] {
+            if !wanted(&format!("direct HTTP, TCP {cc}")) {
+                continue;
+            }
             let s = cell.http(&origin, cc, lossy.then_some(BULK_CAP))?;
             eprintln!("    TCP {cc}: {:.1} Mbit/s", s.goodput_mbit());
             rows.push(BulkRow {
@@ -293,6 +298,13 @@ fn bulk(
             continue;
         }
         for adaptive in [false, true] {
+            let what = format!(
+                "strait {cong}, FEC {}",
+                if adaptive { "adaptive" } else { "off" }
+            );
+            if !wanted(&what) {
+                continue;
+            }
             let tuning = Tuning {
                 congestion: cong,
                 fec: fec_toml(adaptive),
@@ -308,10 +320,6 @@ fn bulk(
             let s = cell.strait_fetch(&pair, &origin, "target", lossy.then_some(BULK_CAP))?;
             let (counters, n) = fec_counters(&wan);
             pair.stop()?;
-            let what = format!(
-                "strait {cong}, FEC {}",
-                if adaptive { "adaptive" } else { "off" }
-            );
             // The pair's directory is reused by the next run: keep each run's logs (`--keep`).
             for side in ["core", "edge"] {
                 let log = work.join("pair").join(format!("{side}.log"));

@@ -59,6 +59,13 @@ struct Cli {
     /// Only workloads whose key contains this text.
     #[arg(long)]
     workload: Option<String>,
+    /// FEC bulk/overhead runs: only methods whose name contains this text (e.g. "cubic, FEC
+    /// adaptive"), for iterating on one goal.
+    #[arg(long)]
+    method: Option<String>,
+    /// Print the download direction's rate every 100 ms of each strait transfer.
+    #[arg(long)]
+    trace_rate: bool,
     /// Request/response exchanges per FEC latency cell.
     #[arg(long, default_value_t = 1000)]
     exchanges: usize,
@@ -218,6 +225,7 @@ fn run_matrix(cli: &Cli, strait: &Path, work: &Path, certs: &Path) -> Result<boo
                 strait,
                 certs,
                 cubic_cap,
+                trace_rate: cli.trace_rate,
             };
             let origin = cell.start_origin()?;
             let mut samples: BTreeMap<Method, Vec<Sample>> = BTreeMap::new();

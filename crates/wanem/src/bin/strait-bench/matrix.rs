@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use strait_wanem::{GilbertElliott, LinkParams, Wan, WanConfig};
@@ -354,6 +355,30 @@ pub struct Cell<'a> {
     pub certs: &'a Path,
     /// Time cap of the Cubic HTTP run on lossy links (it would take minutes to finish).
     pub cubic_cap: Duration,
+    /// Print the download direction's rate every 100 ms of each strait transfer.
+    pub trace_rate: bool,
+}
+
+/// Samples the link every 100 ms until `stop`: `t:Mbit/s(queue drops,random drops)` of the
+/// B→A direction per interval.
+fn rate_trace(wan: &Wan, stop: &AtomicBool) -> String {
+    let t0 = Instant::now();
+    let mut prev = wan.stats();
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = wan.stats();
+        let d = now.since(&prev).b_to_a;
+        prev = now;
+        line.push_str(&format!(
+            "{:.1}:{:.0}({},{}) ",
+            t0.elapsed().as_secs_f64(),
+            d.delivered_bytes as f64 * 8.0 / 0.1 / 1e6,
+            d.dropped_queue,
+            d.dropped_loss + d.dropped_burst
+        ));
+    }
+    line
 }
 
 fn set_cc(wan: &Wan, cc: &str) -> Result<()> {
@@ -619,14 +644,29 @@ impl Cell<'_> {
         let a0 = pair.edge.cpu();
         let b0 = pair.core.cpu() + origin.cpu();
         let w0 = self.wan.stats();
-        let (code, u, secs, capped) = run(
-            self.wan,
-            Side::A,
-            "curl via strait",
-            &script,
-            &self.log("curl-strait"),
-            cap.unwrap_or(TRANSFER_LIMIT),
-        )?;
+        // The rate of the download direction every 100 ms (`--trace-rate`): where a run lost
+        // time (slow start, a stall, a window cut) rather than only its mean.
+        let stop = AtomicBool::new(false);
+        let (code, u, secs, capped) = std::thread::scope(|sc| {
+            let tracer = self
+                .trace_rate
+                .then(|| sc.spawn(|| rate_trace(self.wan, &stop)));
+            let r = run(
+                self.wan,
+                Side::A,
+                "curl via strait",
+                &script,
+                &self.log("curl-strait"),
+                cap.unwrap_or(TRANSFER_LIMIT),
+            );
+            stop.store(true, Ordering::Relaxed);
+            if let Some(t) = tracer {
+                if let Ok(line) = t.join() {
+                    eprintln!("      B->A Mbit/s per 100 ms (queue drops, random drops): {line}");
+                }
+            }
+            r
+        })?;
         let d = self.wan.stats().since(&w0);
         let (wan, queue_drops) = (d.wan_bytes(), d.queue_drops());
         let cpu_a = u.cpu + pair.edge.cpu() - a0;
