@@ -118,13 +118,27 @@ pub enum Congestion {
     NewReno,
 }
 
-/// Forward error correction setting of the tunnel (`fec = "off" | "adaptive" | { data, repair }`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Default residual failure probability of a bulk FEC block in adaptive mode (the FEC crate's
+/// `DEFAULT_TARGET`; a transport test keeps the two equal).
+pub const DEFAULT_FEC_TARGET: f64 = 1e-4;
+/// Default cap on FEC repair packets per source packet in adaptive mode (the FEC crate's
+/// `DEFAULT_MAX_RATIO`).
+pub const DEFAULT_FEC_MAX_RATIO: f64 = 0.5;
+
+/// Forward error correction setting of the tunnel
+/// (`fec = "off" | "adaptive" | { target, max_ratio } | { data, repair }`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fec {
     /// No FEC.
     Off,
     /// Repair ratio follows measured loss; zero repair at zero loss.
-    Adaptive,
+    Adaptive {
+        /// Residual probability that a bulk block (32 or more packets) cannot be rebuilt;
+        /// smaller blocks (messages, tails) are planned for a tenth of it. In (0, 1).
+        target: f64,
+        /// Most repair packets per source packet. In [0, 1].
+        max_ratio: f64,
+    },
     /// Fixed k source + m repair packets per block.
     Fixed {
         /// Source packets per block.
@@ -132,6 +146,14 @@ pub enum Fec {
         /// Repair packets per block.
         repair: u8,
     },
+}
+
+impl Fec {
+    /// `"adaptive"`: the default target and cap.
+    pub const ADAPTIVE: Fec = Fec::Adaptive {
+        target: DEFAULT_FEC_TARGET,
+        max_ratio: DEFAULT_FEC_MAX_RATIO,
+    };
 }
 
 /// A validated config.
@@ -651,29 +673,69 @@ fn fec_setting(v: &mut V, value: &Option<toml::Value>) -> Fec {
     match value {
         None => Fec::Off,
         Some(toml::Value::String(s)) if s == "off" => Fec::Off,
-        Some(toml::Value::String(s)) if s == "adaptive" => Fec::Adaptive,
+        Some(toml::Value::String(s)) if s == "adaptive" => Fec::ADAPTIVE,
         Some(toml::Value::Table(t)) => {
-            let get = |k: &str| t.get(k).and_then(|x| x.as_integer());
             let unknown: Vec<&String> = t
                 .keys()
-                .filter(|k| *k != "data" && *k != "repair")
+                .filter(|k| !["data", "repair", "target", "max_ratio"].contains(&k.as_str()))
                 .collect();
-            match (get("data"), get("repair")) {
-                (Some(d), Some(r))
-                    if unknown.is_empty() && (1..=64).contains(&d) && (0..=64).contains(&r) =>
-                {
-                    Fec::Fixed {
-                        data: d as u8,
-                        repair: r as u8,
+            let fixed = t.contains_key("data") || t.contains_key("repair");
+            let adaptive = t.contains_key("target") || t.contains_key("max_ratio");
+            let whole = toml::Value::Table(t.clone()).to_string();
+            if !unknown.is_empty() || fixed == adaptive {
+                v.bad(
+                    "tunnel.fec",
+                    whole,
+                    "expected { data = 1..64, repair = 0..64 } or { target = (0, 1), max_ratio = [0, 1] }",
+                );
+                return Fec::Off;
+            }
+            if fixed {
+                let get = |k: &str| t.get(k).and_then(|x| x.as_integer());
+                match (get("data"), get("repair")) {
+                    (Some(d), Some(r)) if (1..=64).contains(&d) && (0..=64).contains(&r) => {
+                        Fec::Fixed {
+                            data: d as u8,
+                            repair: r as u8,
+                        }
+                    }
+                    _ => {
+                        v.bad(
+                            "tunnel.fec",
+                            whole,
+                            "expected { data = 1..64, repair = 0..64 }",
+                        );
+                        Fec::Off
                     }
                 }
-                _ => {
-                    v.bad(
-                        "tunnel.fec",
-                        toml::Value::Table(t.clone()).to_string(),
-                        "expected { data = 1..64, repair = 0..64 }",
-                    );
-                    Fec::Off
+            } else {
+                let mut number = |key: &str, default: f64, ok: fn(f64) -> bool, want: &str| {
+                    let Some(x) = t.get(key) else {
+                        return Some(default);
+                    };
+                    match x.as_float().or_else(|| x.as_integer().map(|i| i as f64)) {
+                        Some(f) if ok(f) => Some(f),
+                        _ => {
+                            v.bad(format!("tunnel.fec.{key}"), x.to_string(), want);
+                            None
+                        }
+                    }
+                };
+                let target = number(
+                    "target",
+                    DEFAULT_FEC_TARGET,
+                    |f| f > 0.0 && f < 1.0,
+                    "a probability in (0, 1), e.g. 1e-4",
+                );
+                let max_ratio = number(
+                    "max_ratio",
+                    DEFAULT_FEC_MAX_RATIO,
+                    |f| (0.0..=1.0).contains(&f),
+                    "a ratio in [0, 1], e.g. 0.5",
+                );
+                match (target, max_ratio) {
+                    (Some(target), Some(max_ratio)) => Fec::Adaptive { target, max_ratio },
+                    _ => Fec::Off,
                 }
             }
         }
@@ -681,7 +743,7 @@ fn fec_setting(v: &mut V, value: &Option<toml::Value>) -> Fec {
             v.bad(
                 "tunnel.fec",
                 other.to_string(),
-                "expected \"off\", \"adaptive\" or { data = k, repair = m }",
+                "expected \"off\", \"adaptive\", { target = p, max_ratio = r } or { data = k, repair = m }",
             );
             Fec::Off
         }

@@ -92,6 +92,61 @@ fn fec_settings_parse_and_reject_nonsense() {
     );
     let t = CORE.replace("fec = \"off\"", "fec = \"sometimes\"");
     assert_eq!(problems(&t)[0].path, "tunnel.fec");
+    // Adaptive: the word, or its knobs (either may be left at its default).
+    let t = CORE.replace("fec = \"off\"", "fec = \"adaptive\"");
+    let c = parse(&t, Path::new("c"), false).unwrap();
+    assert_eq!(
+        c.tunnel.fec,
+        Fec::Adaptive {
+            target: DEFAULT_FEC_TARGET,
+            max_ratio: DEFAULT_FEC_MAX_RATIO
+        }
+    );
+    let t = CORE.replace("fec = \"off\"", "fec = { target = 1e-6, max_ratio = 0.25 }");
+    let c = parse(&t, Path::new("c"), false).unwrap();
+    assert_eq!(
+        c.tunnel.fec,
+        Fec::Adaptive {
+            target: 1e-6,
+            max_ratio: 0.25
+        }
+    );
+    let t = CORE.replace("fec = \"off\"", "fec = { max_ratio = 1 }");
+    let c = parse(&t, Path::new("c"), false).unwrap();
+    assert_eq!(
+        c.tunnel.fec,
+        Fec::Adaptive {
+            target: DEFAULT_FEC_TARGET,
+            max_ratio: 1.0
+        }
+    );
+    // Out of range, named with the dotted path and the value.
+    for (bad, path, value) in [
+        ("{ target = 0 }", "tunnel.fec.target", "0"),
+        ("{ target = 1.5 }", "tunnel.fec.target", "1.5"),
+        ("{ max_ratio = -0.1 }", "tunnel.fec.max_ratio", "-0.1"),
+        ("{ target = \"low\" }", "tunnel.fec.target", "\"low\""),
+    ] {
+        let t = CORE.replace("fec = \"off\"", &format!("fec = {bad}"));
+        let p = problems(&t);
+        assert_eq!(p.len(), 1, "{bad}: {p:?}");
+        assert_eq!(
+            (p[0].path.as_str(), p[0].value.as_str()),
+            (path, value),
+            "{bad}"
+        );
+    }
+    // Fixed and adaptive knobs do not mix; unknown keys are refused.
+    for bad in [
+        "{ data = 32, repair = 4, target = 1e-4 }",
+        "{ data = 32 }",
+        "{ target = 1e-4, ratio = 0.5 }",
+    ] {
+        let t = CORE.replace("fec = \"off\"", &format!("fec = {bad}"));
+        let p = problems(&t);
+        assert_eq!(p.len(), 1, "{bad}: {p:?}");
+        assert_eq!(p[0].path, "tunnel.fec", "{bad}");
+    }
 }
 
 #[test]

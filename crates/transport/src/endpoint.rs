@@ -16,7 +16,7 @@ pub const MAX_UDP_PAYLOAD: u16 = 1452;
 fn fec_mode(f: Fec) -> FecMode {
     match f {
         Fec::Off => FecMode::Off,
-        Fec::Adaptive => FecMode::adaptive(),
+        Fec::Adaptive { target, max_ratio } => FecMode::Adaptive { target, max_ratio },
         Fec::Fixed { data, repair } => FecMode::Fixed { k: data, m: repair },
     }
 }
@@ -303,4 +303,42 @@ pub fn fec_tx_overhead(stats: &FecStats) -> u64 {
     s.repair_bytes_sent
         + s.header_overhead_bytes
         + s.control_packets_sent * strait_fec::packet::CONTROL_LEN as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fec_config_maps_onto_the_fec_layer_with_its_defaults() {
+        // `fec = "adaptive"` in a config is the FEC crate's own default mode.
+        assert_eq!(
+            strait_config::DEFAULT_FEC_TARGET,
+            strait_fec::DEFAULT_TARGET
+        );
+        assert_eq!(
+            strait_config::DEFAULT_FEC_MAX_RATIO,
+            strait_fec::DEFAULT_MAX_RATIO
+        );
+        assert_eq!(fec_mode(Fec::ADAPTIVE), FecMode::adaptive());
+        let tuned = Fec::Adaptive {
+            target: 1e-6,
+            max_ratio: 0.25,
+        };
+        assert_eq!(
+            fec_mode(tuned),
+            FecMode::Adaptive {
+                target: 1e-6,
+                max_ratio: 0.25
+            }
+        );
+        assert!(FecConfig::new(fec_mode(tuned)).validate().is_ok());
+        assert_eq!(
+            fec_mode(Fec::Fixed {
+                data: 16,
+                repair: 4
+            }),
+            FecMode::Fixed { k: 16, m: 4 }
+        );
+    }
 }
