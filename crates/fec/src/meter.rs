@@ -12,6 +12,9 @@
 //!   independent of the queue, so the rate measured over the packets that did not arrive at a
 //!   peak is an unbiased estimate of it, and it keeps counting random loss at a flat delay
 //!   (standing or not).
+//! - **An overflow is judged whole.** A report interval whose congestion losses outnumber its
+//!   link losses, and the interval after it, add nothing to the estimate: the few overflow drops
+//!   the delay rule misses would otherwise buy repair that overflows the queue further.
 
 use std::time::{Duration, Instant};
 
