@@ -4,6 +4,7 @@
 //! ```text
 //! strait-bench [--quick] [--write BENCHMARKS.md] [--check bench/thresholds.toml]
 //! strait-bench --fec [--write BENCHMARKS.md]
+//! strait-bench --fec --workload bulk --method "cubic, FEC adaptive" --trace-rate   # one cell, its rate
 //! ```
 //! Site A (client + edge) and site B (origin + core) are the emulator's namespaces; every
 //! method crosses the same emulated link and is metered by the emulator's byte counters.
