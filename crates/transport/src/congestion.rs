@@ -73,8 +73,8 @@ const FULL_BW_ROUNDS: u8 = 3;
 /// than every packet acknowledged before (RFC 9002 §5.1: the largest acknowledged must be newly
 /// acknowledged). A frame that newly covers only an older packet (one FEC rebuilt after later
 /// ones arrived, up to a block's span late; a retransmission's hole filled) measures how late
-/// that packet was, not the path: such samples once made HyStart++ leave slow start at 1 MB on
-/// a 100 Mbit/s × 100 ms path with 128-packet FEC blocks. Shared by [`Bbr`] and
+/// that packet was, not the path, and a delay-based start-up exit (HyStart++, BBR's queued-ACK
+/// rule) must not read it as a queue building. Shared by [`Bbr`] and
 /// [`crate::cubic::Cubic`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct FrameRtt {

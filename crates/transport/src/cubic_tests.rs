@@ -320,8 +320,7 @@ fn frames_that_ack_only_older_packets_give_no_rtt_sample() {
     );
     // Packets acknowledged after later ones (FEC rebuilt them up to a block's span late): the
     // frames' "RTT" is how late the packet was, not the path's (RFC 9002 §5.1 takes a sample
-    // only when the largest acknowledged is new). Such frames once ended HyStart++ at 1 MB on
-    // a 100 Mbit/s, 100 ms path.
+    // only when the largest acknowledged is new).
     assert_eq!(
         phase_after_late_frames(16, Duration::from_millis(130), false),
         Phase::SlowStart
