@@ -93,33 +93,19 @@ fn fec_settings_parse_and_reject_nonsense() {
     let t = CORE.replace("fec = \"off\"", "fec = \"sometimes\"");
     assert_eq!(problems(&t)[0].path, "tunnel.fec");
     // Adaptive: the word, or its knobs (either may be left at its default).
-    let t = CORE.replace("fec = \"off\"", "fec = \"adaptive\"");
-    let c = parse(&t, Path::new("c"), false).unwrap();
-    assert_eq!(
-        c.tunnel.fec,
-        Fec::Adaptive {
-            target: DEFAULT_FEC_TARGET,
-            max_ratio: DEFAULT_FEC_MAX_RATIO
-        }
-    );
-    let t = CORE.replace("fec = \"off\"", "fec = { target = 1e-6, max_ratio = 0.25 }");
-    let c = parse(&t, Path::new("c"), false).unwrap();
-    assert_eq!(
-        c.tunnel.fec,
-        Fec::Adaptive {
-            target: 1e-6,
-            max_ratio: 0.25
-        }
-    );
-    let t = CORE.replace("fec = \"off\"", "fec = { max_ratio = 1 }");
-    let c = parse(&t, Path::new("c"), false).unwrap();
-    assert_eq!(
-        c.tunnel.fec,
-        Fec::Adaptive {
-            target: DEFAULT_FEC_TARGET,
-            max_ratio: 1.0
-        }
-    );
+    for (setting, target, max_ratio) in [
+        ("\"adaptive\"", DEFAULT_FEC_TARGET, DEFAULT_FEC_MAX_RATIO),
+        ("{ target = 1e-6, max_ratio = 0.25 }", 1e-6, 0.25),
+        ("{ max_ratio = 1 }", DEFAULT_FEC_TARGET, 1.0),
+    ] {
+        let t = CORE.replace("fec = \"off\"", &format!("fec = {setting}"));
+        let c = parse(&t, Path::new("c"), false).unwrap();
+        assert_eq!(
+            c.tunnel.fec,
+            Fec::Adaptive { target, max_ratio },
+            "{setting}"
+        );
+    }
     // Out of range, named with the dotted path and the value.
     for (bad, path, value) in [
         ("{ target = 0 }", "tunnel.fec.target", "0"),

@@ -53,6 +53,12 @@ const PEAK_FRACTION: (i64, i64) = (3, 4);
 /// 2.8 MB of repair going (2.5–2.8 % of a 96 MiB transfer).
 pub const CONGESTION_ECHO: Duration = Duration::from_millis(25);
 
+/// How much the loss history keeps after `packets` more packets (per-packet exponential decay
+/// over a window of [`LOSS_WINDOW_PACKETS`]).
+fn window_decay(packets: u64) -> f64 {
+    (1.0 - 1.0 / LOSS_WINDOW_PACKETS).powi(packets.min(i32::MAX as u64) as i32)
+}
+
 /// Decayed loss counts of the non-congestion class: what the sender may plan repair for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LossEstimate {
@@ -334,8 +340,7 @@ impl LossMeter {
 
     /// Adds `expected` packets of which `lost` (at the end, contiguous) were lost.
     fn count_packets(&mut self, expected: u64, lost: u64) {
-        self.pending
-            .scale((1.0 - 1.0 / LOSS_WINDOW_PACKETS).powi(expected.min(i32::MAX as u64) as i32));
+        self.pending.scale(window_decay(expected));
         self.pending.packets += expected as f64;
         self.interval_packets += expected;
         if lost > 0 {
@@ -428,10 +433,7 @@ impl LossMeter {
         let overflow = self.interval_congestion > self.interval_lost;
         let draining = std::mem::replace(&mut self.overflowed, overflow);
         if !overflow && !draining {
-            self.random.scale(
-                (1.0 - 1.0 / LOSS_WINDOW_PACKETS)
-                    .powi(self.interval_packets.min(i32::MAX as u64) as i32),
-            );
+            self.random.scale(window_decay(self.interval_packets));
             self.random.packets += self.pending.packets;
             self.random.lost += self.pending.lost;
             self.random.bursts += self.pending.bursts;
