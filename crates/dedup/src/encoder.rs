@@ -1,13 +1,14 @@
 //! The sending half: client bytes → frames.
 
+use crate::budget::{Budget, Charge};
 use crate::delta::{DeltaConfig, DeltaStats, MAX_BASE_HINTS, MIN_SHARED_SUPER_FEATURES};
 use crate::run::{
     run_digest, Building, Planned, SentRun, RUN_GAP_STEPS, RUN_MAX_DELTA_BYTES, RUN_MAX_ITEMS,
-    RUN_MAX_PREFIX_BYTES, RUN_SUPPLY_FLAG,
+    RUN_MAX_LOGICAL_BYTES, RUN_MAX_PREFIX_BYTES,
 };
-use crate::{short, Error, NO_STORE_FLAG, PREVIEW_FLAG, REF_BATCH};
+use crate::{entry_bytes, Error, MIN_SLOT_BYTES, NO_STORE_FLAG, PREVIEW_FLAG, REF_BATCH};
 use bytes::{Bytes, BytesMut};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use strait_admin::RouteStats;
@@ -48,11 +49,24 @@ impl Default for EncoderConfig {
     }
 }
 
+mod supply;
+
 /// A chunk held until acknowledged; `bases` are the bases it was delta-coded against.
 struct Held {
     id: WireId,
     data: Bytes,
     bases: Option<Box<[WireId]>>,
+    /// `forget_peer` was called for it (a supply of it was emitted): at most once.
+    forgotten: bool,
+    /// A supply of it was emitted: once acknowledged, the peer stored it (`mark_peer`).
+    mark_on_ack: bool,
+}
+
+/// The held items with one id.
+struct HeldId {
+    count: u32,
+    /// Sequence number of the newest.
+    last: u64,
 }
 
 /// The near-duplicate side of an encoder.
@@ -97,7 +111,19 @@ pub struct FlowEncoder {
     /// delta item's base.
     identity: Option<WireId>,
     runs: VecDeque<SentRun>,
+    /// Runs held, by digest: the newest with that digest and how many are held.
+    run_index: HashMap<WireId, (SentRun, u32)>,
+    /// Held items by id (wants are answered in O(1)).
+    held_index: HashMap<WireId, HeldId>,
+    /// Wants being answered, by id or run digest.
+    wanted: HashMap<WireId, supply::Wanted>,
+    /// Supplies queued by [`FlowEncoder::on_want`], emitted by [`FlowEncoder::poll_supply`].
+    supplies: VecDeque<supply::Pending>,
     unacked_bytes: u64,
+    /// Held items counted honestly: at least [`MIN_SLOT_BYTES`] each.
+    held_cost: u64,
+    /// What [`FlowEncoder::held_bytes`] charged to the process budget.
+    charge: Charge,
     sent_items: u64,
     acked_items: u64,
     scratch: Vec<u8>,
@@ -140,7 +166,13 @@ impl FlowEncoder {
             prev_id: None,
             identity: None,
             runs: VecDeque::new(),
+            run_index: HashMap::new(),
+            held_index: HashMap::new(),
+            wanted: HashMap::new(),
+            supplies: VecDeque::new(),
             unacked_bytes: 0,
+            held_cost: 0,
+            charge: Budget::unlimited().charge(),
             sent_items: 0,
             acked_items: 0,
             scratch: Vec::new(),
@@ -149,6 +181,41 @@ impl FlowEncoder {
             sent_ids: None,
             previewed: 0,
         }
+    }
+
+    /// Charges what this encoder holds to `budget` (e.g. the process-wide flow budget); when it
+    /// is exhausted, [`FlowEncoder::window_full`] holds the client back once this flow holds
+    /// more than one maximal chunk.
+    pub fn with_budget(mut self, budget: &Budget) -> Self {
+        self.charge = budget.charge();
+        self.recharge();
+        self
+    }
+
+    /// Bytes this encoder holds, counted honestly: held items (at least [`MIN_SLOT_BYTES`]
+    /// each), queued supplies and wants, and its buffers' capacities.
+    pub fn held_bytes(&self) -> u64 {
+        let delta = self.delta.as_ref().map_or(0, |d| {
+            d.prefix.capacity()
+                + d.payload.capacity()
+                + d.output.capacity()
+                + d.hints.capacity() * std::mem::size_of::<(WireId, Sketch)>()
+                + d.run.as_ref().map_or(0, |r| {
+                    r.prefix_bytes + r.items.capacity() * std::mem::size_of::<Planned>()
+                })
+        });
+        self.held_cost
+            + (self.supplies.len() + self.wanted.len() + self.run_index.len()) as u64
+                * MIN_SLOT_BYTES
+            + (self.partial.capacity()
+                + self.scratch.capacity()
+                + self.refs.capacity() * std::mem::size_of::<ChunkRef>()
+                + delta) as u64
+    }
+
+    fn recharge(&mut self) {
+        let n = self.held_bytes();
+        self.charge.set(n);
     }
 
     /// Starts (or stops) recording the id of every chunk sent, for
@@ -280,6 +347,7 @@ impl FlowEncoder {
         if self.refs.len() >= REF_BATCH {
             self.emit_refs(out);
         }
+        self.recharge();
     }
 
     /// The partial chunk, handed over without a copy. Trimmed to its length first: it grew by
@@ -314,6 +382,7 @@ impl FlowEncoder {
         if self.partial.len() > self.previewed {
             self.emit_preview(out);
         }
+        self.recharge();
     }
 
     /// The client finished sending: the partial chunk is the last one; everything is sent and
@@ -329,6 +398,7 @@ impl FlowEncoder {
             Frame::End.encode(out);
             self.ended = true;
         }
+        self.recharge();
     }
 
     /// Sends `partial[previewed..]` as a preview item: a `Part` of the chunk that followed the
@@ -338,7 +408,11 @@ impl FlowEncoder {
     fn emit_preview(&mut self, out: &mut BytesMut) {
         let (from, to) = (self.previewed, self.partial.len());
         if let Some((id, data)) = self.predicted() {
-            if data.len() >= to && data[..to] == self.partial[..to] {
+            // The peer holds us to our max chunk: never name a longer chunk (one it sent us).
+            if data.len() >= to
+                && data.len() <= self.cfg.chunker.max()
+                && data[..to] == self.partial[..to]
+            {
                 Frame::Part {
                     id,
                     len: data.len() as u32,
@@ -438,8 +512,22 @@ impl FlowEncoder {
 
     /// Keeps an item until the peer acknowledges it.
     fn hold(&mut self, id: WireId, data: Bytes, bases: Option<Box<[WireId]>>) {
+        let seq = self.sent_items;
         self.unacked_bytes += data.len() as u64;
-        self.unacked.push_back(Held { id, data, bases });
+        self.held_cost += entry_bytes(data.len());
+        let e = self.held_index.entry(id).or_insert(HeldId {
+            count: 0,
+            last: seq,
+        });
+        e.count += 1;
+        e.last = seq;
+        self.unacked.push_back(Held {
+            id,
+            data,
+            bases,
+            forgotten: false,
+            mark_on_ack: false,
+        });
         self.sent_items += 1;
     }
 
@@ -448,9 +536,13 @@ impl FlowEncoder {
         self.ended
     }
 
-    /// Whether the window of unacknowledged bytes is full (stop reading the client).
+    /// Whether to stop reading the client: the window of unacknowledged items (counted at
+    /// least [`MIN_SLOT_BYTES`] each) is full, or the budget this encoder charges is exhausted
+    /// while it holds more than one maximal chunk (the floor that lets every flow progress).
     pub fn window_full(&self) -> bool {
-        self.unacked_bytes >= self.cfg.window
+        self.held_cost >= self.cfg.window
+            || (self.held_cost > self.cfg.chunker.max() as u64
+                && self.charge.budget().is_exhausted())
     }
 
     /// Whether everything sent has been acknowledged.
@@ -477,88 +569,15 @@ impl FlowEncoder {
             });
         }
         while self.acked_items < n {
+            let seq = self.acked_items;
             if let Some(h) = self.unacked.pop_front() {
                 self.unacked_bytes -= h.data.len() as u64;
+                self.held_cost -= entry_bytes(h.data.len());
+                self.on_item_acked(seq, &h);
             }
             self.acked_items += 1;
         }
-        while self
-            .runs
-            .front()
-            .is_some_and(|r| r.first + r.count as u64 <= self.acked_items)
-        {
-            self.runs.pop_front();
-        }
-        Ok(())
-    }
-
-    /// The peer lacks these chunks: supply them from what this flow holds.
-    pub fn on_want(&mut self, ids: &[WireId], out: &mut BytesMut) -> Result<(), Error> {
-        for id in ids {
-            if let Some(run) = self.runs.iter().find(|r| r.digest == *id).copied() {
-                self.supply_run(run, out)?;
-                continue;
-            }
-            let Some(held) = self.unacked.iter().find(|h| h.id == *id) else {
-                return Err(Error::UnknownWant(short(id)));
-            };
-            let data = held.data.clone();
-            // The peer evidently does not hold it: stop referencing it until it does again.
-            self.store.forget_peer(id, self.peer);
-            // A delta is wanted when the peer lacked a base (or the rebuild failed): stop
-            // using those bases for this peer; a real miss would repeat otherwise.
-            for b in held.bases.iter().flat_map(|b| b.iter()) {
-                self.store.forget_peer(b, self.peer);
-            }
-            self.scratch.clear();
-            let codec = self.codec.encode(&data, &mut self.scratch);
-            let flag = if self.cfg.dedup { 0 } else { NO_STORE_FLAG };
-            Frame::encode_chunk(
-                out,
-                true,
-                id,
-                u8::from(codec) | flag,
-                data.len() as u32,
-                &self.scratch,
-            );
-            if self.cfg.dedup {
-                // The supplied copy is stored by the peer: referencing it again is safe.
-                let _ = self.store.mark_peer(id, self.peer);
-            }
-        }
-        Ok(())
-    }
-
-    /// Supplies every chunk of a run, in order, flagged as answering a run want.
-    fn supply_run(&mut self, run: SentRun, out: &mut BytesMut) -> Result<(), Error> {
-        let Some(start) = run.first.checked_sub(self.acked_items) else {
-            return Err(Error::UnknownWant(short(&run.digest)));
-        };
-        let start = start as usize;
-        if start + run.count > self.unacked.len() {
-            return Err(Error::UnknownWant(short(&run.digest)));
-        }
-        for k in start..start + run.count {
-            let held = &self.unacked[k];
-            let (id, data) = (held.id, held.data.clone());
-            // As for a single chunk: whatever the receiver lacked, stop naming it (a Same item's
-            // base is the chunk itself and is marked again below, once supplied).
-            self.store.forget_peer(&id, self.peer);
-            for b in held.bases.iter().flat_map(|b| b.iter()) {
-                self.store.forget_peer(b, self.peer);
-            }
-            self.scratch.clear();
-            let codec = self.codec.encode(&data, &mut self.scratch);
-            Frame::encode_chunk(
-                out,
-                true,
-                &id,
-                u8::from(codec) | RUN_SUPPLY_FLAG,
-                data.len() as u32,
-                &self.scratch,
-            );
-            let _ = self.store.mark_peer(&id, self.peer);
-        }
+        self.recharge();
         Ok(())
     }
 
@@ -777,6 +796,7 @@ impl FlowEncoder {
             || run.delta_bytes + max_chunk > RUN_MAX_DELTA_BYTES
             || run.prefix_bytes + max_chunk > RUN_MAX_PREFIX_BYTES
             || run.logical_bytes + max_chunk as u64 >= self.cfg.window / 2
+            || run.logical_bytes + max_chunk as u64 > RUN_MAX_LOGICAL_BYTES
     }
 
     /// Sends the open run, if any, as one `DeltaRun` frame.
@@ -825,11 +845,14 @@ impl FlowEncoder {
             alone.saturating_sub(frame_len) as u64,
         );
         let n = run.items.len();
-        self.runs.push_back(SentRun {
+        let sent = SentRun {
             digest,
             first: self.sent_items - n as u64,
             count: n,
-        });
+        };
+        self.runs.push_back(sent);
+        let e = self.run_index.entry(digest).or_insert((sent, 0));
+        *e = (sent, e.1 + 1);
         self.chain_run_ids(run.chain_prev, n);
     }
 

@@ -30,11 +30,13 @@
 //!   run unless the digest of those ids matches; otherwise it wants the digest and the sender,
 //!   which holds the run's chunks until acknowledged, supplies each of them.
 
+pub mod budget;
 mod decoder;
 pub mod delta;
 mod encoder;
 pub mod run;
 
+pub use budget::{Budget, Charge, DEFAULT_FLOW_BUDGET};
 pub use decoder::FlowDecoder;
 pub use delta::{DeltaConfig, DeltaStats, SketchIndex};
 pub use encoder::{EncoderConfig, FlowEncoder};
@@ -49,8 +51,19 @@ pub const PREVIEW_FLAG: u8 = 0x20;
 pub const REF_BATCH: usize = 64;
 /// The receiver acknowledges at least every this many delivered items.
 pub const ACK_EVERY: u64 = 16;
-/// Times a chunk may fail verification before the flow is reset.
+/// Times a chunk may fail verification before the flow is reset; also the most times the
+/// sender supplies one id before the peer acknowledges it.
 pub const MAX_VERIFY_ATTEMPTS: u8 = 2;
+/// Least bytes any held entry counts (a queue slot, a held item, a queued supply, a want): a
+/// receive-queue slot is ~100 bytes and its index entry ~50, so an entry holding one byte of
+/// data still costs this much memory. Encoder and decoder count alike, so a conforming sender's
+/// window never overfills the receiver's bound.
+pub const MIN_SLOT_BYTES: u64 = 128;
+
+/// What an entry holding `len` bytes of data counts: its bytes, at least [`MIN_SLOT_BYTES`].
+pub(crate) fn entry_bytes(len: usize) -> u64 {
+    (len as u64).max(MIN_SLOT_BYTES)
+}
 
 /// Errors of the engine; every one ends the flow with a reset.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +75,16 @@ pub enum Error {
     /// A chunk does not start with the bytes its previews delivered (or is shorter).
     #[error("chunk {0} does not start with the bytes previewed for it")]
     PreviewMismatch(String),
+    /// The peer wanted one item again and again before acknowledging its supply.
+    #[error(
+        "peer wanted {id} {wants} times before acknowledging it (limit {MAX_VERIFY_ATTEMPTS})"
+    )]
+    RepeatedWant {
+        /// Chunk id or run digest (hex prefix).
+        id: String,
+        /// Wants counted, this one included.
+        wants: u8,
+    },
     /// The peer supplied a chunk nobody asked for.
     #[error("peer supplied chunk {0} which was not requested")]
     UnrequestedSupply(String),

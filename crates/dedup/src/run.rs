@@ -24,8 +24,17 @@ pub const RUN_MAX_ITEMS: usize = 128;
 pub const RUN_MAX_DELTA_BYTES: usize = 8 << 20;
 /// The sender closes a run before its distinct bases' bytes exceed this.
 pub const RUN_MAX_PREFIX_BYTES: usize = 8 << 20;
+/// The sender closes a run before its chunks' bytes (`Same` items included) exceed this: the
+/// default flow window's half, so runs are as long as before at default settings and a larger
+/// window does not make them larger.
+pub const RUN_MAX_LOGICAL_BYTES: u64 = 32 << 20;
 /// Most bytes a receiver rebuilds from one run's payload (twice the sender's bound).
 pub const MAX_RUN_DECODED_BYTES: usize = 2 * RUN_MAX_DELTA_BYTES;
+/// Most bytes of chunks one run may stand for at the receiver, `Same` items included, each
+/// counted every time it is named (twice the sender's bound): checked while the run is rebuilt,
+/// before anything more is loaded, so a run naming one large chunk many times is refused after
+/// a single load.
+pub const MAX_RUN_LOGICAL_BYTES: u64 = 2 * RUN_MAX_LOGICAL_BYTES;
 /// Most base bytes a receiver loads as one run's prefix (twice the sender's bound).
 pub const MAX_RUN_PREFIX_BYTES: usize = 2 * RUN_MAX_PREFIX_BYTES;
 /// A `Delta` item whose base is named `Next(n)` with 2 ≤ n ≤ this also puts the n − 1 chunks it

@@ -161,7 +161,8 @@ fn transfer_parts(
             }
             if !wants.is_empty() {
                 let before = wire.len();
-                enc.on_want(&std::mem::take(&mut wants), &mut wire)?;
+                enc.on_want(&std::mem::take(&mut wants))?;
+                while enc.poll_supply(&mut wire) {}
                 wan += wire.len() - before;
             }
         }
@@ -364,7 +365,7 @@ fn unrequested_supply_and_unknown_want_are_protocol_errors() {
         Arc::new(RouteStats::default()),
     );
     assert!(matches!(
-        enc.on_want(&[[2; 32]], &mut BytesMut::new()).unwrap_err(),
+        enc.on_want(&[[2; 32]]).unwrap_err(),
         Error::UnknownWant(_)
     ));
     assert!(matches!(enc.on_ack(1).unwrap_err(), Error::BadAck { .. }));
@@ -977,7 +978,8 @@ fn encoder_answers_a_run_want_with_every_chunk_in_order_and_rejects_unknown_dige
     });
     let (digest, n) = run.expect("no delta run was sent");
     let mut out = BytesMut::new();
-    enc.on_want(&[digest], &mut out).unwrap();
+    enc.on_want(&[digest]).unwrap();
+    while enc.poll_supply(&mut out) {}
     let (supplies, _) = strait_wire::decode_all(&out).unwrap();
     assert_eq!(supplies.len(), n);
     let ids: Vec<WireIdT> = supplies
@@ -992,7 +994,7 @@ fn encoder_answers_a_run_want_with_every_chunk_in_order_and_rejects_unknown_dige
         .collect();
     assert_eq!(crate::run::run_digest(&hasher, ids.iter()), digest);
     assert!(matches!(
-        enc.on_want(&[[0xee; 32]], &mut out),
+        enc.on_want(&[[0xee; 32]]),
         Err(Error::UnknownWant(_))
     ));
     drop(rx);
