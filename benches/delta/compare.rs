@@ -112,7 +112,8 @@ fn transfer(
             }
         }
         if !wants.is_empty() {
-            enc.on_want(&wants, &mut wire).unwrap();
+            enc.on_want(&wants).unwrap();
+            while enc.poll_supply(&mut wire) {}
         }
     }
     assert!(out == input, "transfer not byte-exact");

@@ -171,6 +171,9 @@ impl Core {
                 store: store.clone(),
                 dedup: cfg.dedup.clone(),
                 deltas,
+                budget: strait_dedup::Budget::new(flow::DEFAULT_FLOW_BUDGET),
+                idle_timeout: flow::DEFAULT_FLOW_IDLE_TIMEOUT,
+                peers: Default::default(),
             },
             upstreams,
             proxy_allow,
@@ -294,6 +297,7 @@ async fn serve_connection(
                 Some(Frame::Hello {
                     version,
                     key_fingerprint: fp,
+                    max_chunk,
                 }) => {
                     if version != PROTOCOL_VERSION {
                         Err(refuse(
@@ -306,8 +310,11 @@ async fn serve_connection(
                             "dedup key differs between edge and core (dedup.key_file)".into(),
                         ))
                     } else {
+                        // The edge's flows are held to the max chunk it announced.
+                        sh.engine.peers.set_max_chunk(peer, max_chunk);
                         Ok(Frame::HelloOk {
                             version: PROTOCOL_VERSION,
+                            max_chunk: sh.cfg.dedup.max_chunk as u32,
                         })
                     }
                 }

@@ -70,6 +70,9 @@ pub struct FlowDecoder {
     preview: Preview,
     /// What this decoder holds, charged to the process budget.
     charge: Charge,
+    /// Queue slots and index entries visited (tests count work with it, not time).
+    #[cfg(test)]
+    pub(crate) visits: u64,
 }
 
 impl FlowDecoder {
@@ -110,6 +113,8 @@ impl FlowDecoder {
             identity: None,
             preview: Preview::default(),
             charge: Budget::unlimited().charge(),
+            #[cfg(test)]
+            visits: 0,
         }
     }
 

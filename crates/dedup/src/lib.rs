@@ -149,4 +149,6 @@ pub(crate) fn short(id: &[u8; 32]) -> String {
 }
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;

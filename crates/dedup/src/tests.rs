@@ -13,24 +13,24 @@ use strait_codec::CompressConfig;
 use strait_store::{Store, StoreConfig};
 use strait_wire::{Frame, FrameDecoder};
 
-const KEY: [u8; 32] = [7; 32];
+pub(super) const KEY: [u8; 32] = [7; 32];
 
-struct Side {
+pub(super) struct Side {
     _dir: tempfile::TempDir,
-    store: Arc<Store>,
+    pub(super) store: Arc<Store>,
 }
 
-fn side() -> Side {
+pub(super) fn side() -> Side {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(StoreConfig::new(dir.path(), 64 << 20, KEY)).unwrap());
     Side { _dir: dir, store }
 }
 
-fn small_chunks() -> ChunkerConfig {
+pub(super) fn small_chunks() -> ChunkerConfig {
     ChunkerConfig::new(1024, 4096, 16384).unwrap()
 }
 
-fn data(seed: u64, len: usize) -> Vec<u8> {
+pub(super) fn data(seed: u64, len: usize) -> Vec<u8> {
     // Half text-like (compressible), half random.
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let words = [
@@ -426,11 +426,11 @@ fn delta_setup(peer_name: &'static str) -> DeltaSetup {
     }
 }
 
-fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+pub(super) fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
     c.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-fn rs() -> Arc<RouteStats> {
+pub(super) fn rs() -> Arc<RouteStats> {
     Arc::new(RouteStats::default())
 }
 
@@ -894,7 +894,7 @@ fn a_receiver_without_a_chain_recovers_every_run_through_the_miss_path() {
     assert_eq!(load(&d.rx.run_failures), load(&d.rx.runs));
 }
 
-fn lone_decoder(rx: &Side) -> FlowDecoder {
+pub(super) fn lone_decoder(rx: &Side) -> FlowDecoder {
     let peer = rx.store.peer_slot("tx").unwrap();
     FlowDecoder::new(ChunkHasher::new(KEY), rx.store.clone(), peer, 1 << 20, rs()).with_delta(
         Some(Arc::new(SketchIndex::new(1 << 20))),

@@ -182,6 +182,9 @@ impl Edge {
                 store: store.clone(),
                 dedup: cfg.dedup.clone(),
                 deltas,
+                budget: strait_dedup::Budget::new(flow::DEFAULT_FLOW_BUDGET),
+                idle_timeout: flow::DEFAULT_FLOW_IDLE_TIMEOUT,
+                peers: Default::default(),
             },
             classifier,
             classes,
@@ -435,6 +438,7 @@ async fn connect_once(sh: &Shared, endpoint: &quinn::Endpoint) -> Result<Tunnel,
     Frame::Hello {
         version: PROTOCOL_VERSION,
         key_fingerprint: key_fingerprint(&sh.cfg.dedup.key),
+        max_chunk: sh.cfg.dedup.max_chunk as u32,
     }
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
@@ -446,7 +450,11 @@ async fn connect_once(sh: &Shared, endpoint: &quinn::Endpoint) -> Result<Tunnel,
     .await
     .map_err(|_| "core sent no HelloOk in time".to_string())?;
     match reply {
-        Ok(Some(Frame::HelloOk { .. })) => Ok((conn, send, recv)),
+        Ok(Some(Frame::HelloOk { max_chunk, .. })) => {
+            // The core's flows are held to the max chunk it announced.
+            sh.engine.peers.set_max_chunk(sh.peer, max_chunk);
+            Ok((conn, send, recv))
+        }
         Ok(Some(Frame::Refuse { reason, .. })) => Err(format!("core refused the tunnel: {reason}")),
         Ok(_) => Err("core closed the control stream".into()),
         Err(e) => Err(format!(

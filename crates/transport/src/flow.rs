@@ -2,9 +2,18 @@
 //! engine, in both directions at once.
 //!
 //! Memory per flow is bounded: the sender holds at most `dedup.flow_window` unacknowledged bytes
-//! (it stops reading its client beyond that — backpressure), the receiver queues at most twice
-//! that while waiting for a missed chunk, plus one read buffer ([`READ_BUF`]) and one partial
-//! chunk (≤ `dedup.max_chunk`) per direction.
+//! (it stops reading its client beyond that, or once the process-wide [`Budget`] is exhausted
+//! and it holds more than one chunk — backpressure), the receiver queues at most twice that plus
+//! one of the peer's max chunks while waiting for a missed chunk (more is a reset), plus one read
+//! buffer ([`READ_BUF`]), one partial chunk (≤ `dedup.max_chunk`) and one batch of supplies
+//! ([`MAX_SUPPLY_BATCH`]) per direction. Encoder, decoder and the pump's buffers charge the
+//! budget with what they hold.
+//!
+//! Supplies answering the peer's `Want`s are emitted one chunk at a time, at most
+//! [`MAX_SUPPLY_BATCH`] bytes between two tunnel writes, never as one buffer the size of a want.
+//!
+//! A flow on which no byte moves in either direction (client or tunnel) for its idle timeout
+//! ([`DEFAULT_FLOW_IDLE_TIMEOUT`] unless configured) fails with [`FlowError::Idle`].
 //!
 //! Termination: each side sends `End` when its client half-closes, and finishes its QUIC send
 //! stream only when (a) its own data is all acknowledged and (b) it has delivered the peer's data
@@ -12,19 +21,29 @@
 //! stream and the TCP connection (RST), so a client never mistakes a broken flow for a short one.
 
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use strait_admin::RouteStats;
-use strait_dedup::{FlowDecoder, FlowEncoder};
+use strait_dedup::{Budget, FlowDecoder, FlowEncoder};
 use strait_wire::{Frame, FrameDecoder, RefuseCode, WireId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Bytes read from a client per read call.
-pub const READ_BUF: usize = 256 * 1024;
+/// Bytes read from a client per read call. 64 KiB: a flow's fixed memory is two of these (one
+/// per direction, the receive side's QUIC reads included), so 1,000 flows hold 128 MiB rather
+/// than 512 MiB at 256 KiB; the encoder cost per byte is unchanged (BENCHMARKS.md, pipeline).
+pub const READ_BUF: usize = 64 * 1024;
+/// Most supply bytes encoded between two tunnel writes: a want naming the whole window is
+/// answered in batches, never in one buffer (4 default chunks).
+pub const MAX_SUPPLY_BATCH: usize = 1 << 20;
+/// Default idle timeout of a flow: long enough for interactive sessions (SSH, database
+/// connections) that idle between commands, short enough that half-open clients and silent peers
+/// do not pin flows for ever.
+pub const DEFAULT_FLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub use strait_dedup::DEFAULT_FLOW_BUDGET;
 /// Control messages queued from the receiving half to the sending half of a flow.
 pub const FLOW_CTL_QUEUE: usize = 256;
 /// QUIC application error code of a flow reset.
@@ -54,6 +73,12 @@ pub enum FlowError {
     /// The dedup engine refused what the peer sent.
     #[error(transparent)]
     Engine(#[from] strait_dedup::Error),
+    /// No byte moved in either direction for the flow's idle timeout.
+    #[error("no byte moved in either direction for {after:?}")]
+    Idle {
+        /// The idle timeout.
+        after: Duration,
+    },
 }
 
 enum Ctl {
@@ -84,6 +109,11 @@ pub struct FlowParts {
     /// HTTP objects crossing this flow, whose previous versions are hinted as delta bases
     /// (`None` when delta is off).
     pub versions: Option<crate::versions::Tracker>,
+    /// The process-wide budget the pump charges its buffers to (the encoder and decoder charge
+    /// theirs already).
+    pub budget: Budget,
+    /// The flow fails with [`FlowError::Idle`] when no byte moves in either direction this long.
+    pub idle_timeout: Duration,
 }
 
 /// Byte counts of one flow, for per-class statistics.
@@ -135,7 +165,26 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
         expect_open_ok,
         mut rate,
         versions,
+        budget,
+        idle_timeout,
     } = parts;
+    // What moved last, in ms since `start` (both halves touch it; read by the idle watch).
+    let start = Instant::now();
+    let last_moved = AtomicU64::new(0);
+    let moved = || last_moved.store(start.elapsed().as_millis() as u64, Relaxed);
+    let idle = async {
+        loop {
+            let at = Duration::from_millis(last_moved.load(Relaxed)) + idle_timeout;
+            if start.elapsed() >= at {
+                return FlowError::Idle {
+                    after: idle_timeout,
+                };
+            }
+            tokio::time::sleep_until(start + at).await;
+        }
+    };
+    let mut up_charge = budget.charge();
+    let mut down_charge = budget.charge();
     // Shared by both halves; never held across an await.
     let versions = std::sync::Mutex::new(versions);
     let sends_requests = matches!(
@@ -148,6 +197,7 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
         let (mut client_r, mut client_w) = tokio::io::split(&mut stream);
         let up = async {
             let mut buf = vec![0u8; READ_BUF];
+            up_charge.set(READ_BUF as u64);
             let mut out = BytesMut::new();
             let mut client_eof = false;
             let mut down_done = false;
@@ -160,11 +210,15 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 tokio::select! {
                     biased;
                     msg = ctl_rx.recv(), if !down_done || !encoder.all_acked() => match msg {
-                        Some(Ctl::Want(ids)) => encoder.on_want(&ids, &mut out)?,
+                        Some(Ctl::Want(ids)) => encoder.on_want(&ids)?,
                         Some(Ctl::Ack(n)) => encoder.on_ack(n)?,
                         Some(Ctl::Send(f)) => f.encode(&mut out),
                         Some(Ctl::DownDone) | None => down_done = true,
                     },
+                    // Supplies before new client data: the peer is stalled on them.
+                    _ = std::future::ready(()), if encoder.has_supply() => {
+                        while out.len() < MAX_SUPPLY_BATCH && encoder.poll_supply(&mut out) {}
+                    }
                     n = client_r.read(&mut buf), if !client_eof && !encoder.window_full() => {
                         match n {
                             Ok(0) => {
@@ -173,6 +227,7 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                                 encoder.finish(&mut out);
                             }
                             Ok(n) => {
+                                moved();
                                 totals.tx_logical.fetch_add(n as u64, Relaxed);
                                 {
                                     let mut v = versions.lock().unwrap_or_else(|e| e.into_inner());
@@ -224,9 +279,11 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 if !out.is_empty() {
+                    up_charge.set((READ_BUF + out.capacity()) as u64);
                     send.write_all(&out)
                         .await
                         .map_err(|e| FlowError::Tunnel(e.to_string()))?;
+                    moved();
                     tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
                     totals.tx_wan.fetch_add(out.len() as u64, Relaxed);
                     out.clear();
@@ -297,6 +354,7 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                                     }
                                 }
                                 client_w.write_all(&b).await.map_err(FlowError::Client)?;
+                                moved();
                                 totals.rx_logical.fetch_add(b.len() as u64, Relaxed);
                             }
                             if let Some(a) = decoder.take_ack() {
@@ -317,8 +375,10 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                 }
+                down_charge.set(fd.buffered() as u64);
                 match recv.read_chunk(READ_BUF, true).await {
                     Ok(Some(c)) => {
+                        moved();
                         rx_stats.wan_bytes.fetch_add(c.bytes.len() as u64, Relaxed);
                         totals.rx_wan.fetch_add(c.bytes.len() as u64, Relaxed);
                         fd.extend(&c.bytes);
@@ -343,7 +403,10 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok::<(), FlowError>(())
         };
-        tokio::try_join!(up, down).map(|_| ())
+        tokio::select! {
+            r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
+            e = idle => Err(e),
+        }
     };
     if result.is_err() {
         reset(send, recv);
@@ -397,6 +460,42 @@ pub struct Engine {
     pub dedup: strait_config::Dedup,
     /// Sketch index and delta counters.
     pub deltas: Arc<crate::deltas::Deltas>,
+    /// Process-wide budget of flow buffers (every flow's encoder, decoder and pump charge it).
+    pub budget: Budget,
+    /// A flow on which no byte moves in either direction this long fails.
+    pub idle_timeout: Duration,
+    /// Each peer's max chunk, learnt at connect (`Hello` / `HelloOk`).
+    pub peers: PeerLimits,
+}
+
+/// What each peer announced at connect, by store slot: lock-free, one entry per slot.
+pub struct PeerLimits {
+    max_chunk: [AtomicU32; strait_store::MAX_PEERS],
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            max_chunk: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+}
+
+impl PeerLimits {
+    /// Records the max chunk `peer` announced (its latest connection's).
+    pub fn set_max_chunk(&self, peer: strait_store::PeerSlot, max_chunk: u32) {
+        if let Some(m) = self.max_chunk.get(peer.index() as usize) {
+            m.store(max_chunk, Relaxed);
+        }
+    }
+
+    /// The max chunk `peer` announced, if it did.
+    pub fn max_chunk(&self, peer: strait_store::PeerSlot) -> Option<u32> {
+        self.max_chunk
+            .get(peer.index() as usize)
+            .map(|m| m.load(Relaxed))
+            .filter(|m| *m > 0)
+    }
 }
 
 /// One flow's place: its route, which way this side sends, its peer and policy.
@@ -457,7 +556,13 @@ impl Engine {
         .with_delta(
             self.deltas.index.clone(),
             self.deltas.stats(spec.route, spec.sending),
-        );
+        )
+        .with_budget(&self.budget);
+        // A peer that did not announce one (none can, after a v2 Hello) is held to ours.
+        let peer_max_chunk = self
+            .peers
+            .max_chunk(spec.peer)
+            .unwrap_or(d.max_chunk as u32);
         let decoder = FlowDecoder::new(
             self.hasher.clone(),
             self.store.clone(),
@@ -468,7 +573,9 @@ impl Engine {
         .with_delta(
             Some(self.deltas.index.clone()),
             self.deltas.stats(spec.route, receiving),
-        );
+        )
+        .with_peer_max_chunk(peer_max_chunk)
+        .with_budget(&self.budget);
         FlowParts {
             encoder,
             decoder,
@@ -490,6 +597,8 @@ impl Engine {
                     self.deltas.versions.clone(),
                 )
             }),
+            budget: self.budget.clone(),
+            idle_timeout: self.idle_timeout,
         }
     }
 }

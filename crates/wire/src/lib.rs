@@ -23,9 +23,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Protocol version carried in [`Frame::Hello`]; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// ALPN identifier of the tunnel.
-pub const ALPN: &[u8] = b"strait/1";
+/// Version 2: `Hello` and `HelloOk` carry the sender's max chunk.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// ALPN identifier of the tunnel (names the protocol version, so a peer of another version fails
+/// the TLS handshake with a clear "no application protocol" alert).
+pub const ALPN: &[u8] = b"strait/2";
 /// Frame header: type byte + u32 body length.
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Largest chunk a peer may send (literal payload or decoded length).
@@ -148,11 +150,17 @@ pub enum Frame {
         version: u16,
         /// Fingerprint of the dedup key (never the key itself).
         key_fingerprint: [u8; 16],
+        /// The edge's `dedup.max_chunk`: the core refuses longer chunks from it
+        /// (1..=[`MAX_CHUNK_LEN`]).
+        max_chunk: u32,
     },
     /// Core accepts the tunnel.
     HelloOk {
         /// Version the core speaks.
         version: u16,
+        /// The core's `dedup.max_chunk`: the edge refuses longer chunks from it
+        /// (1..=[`MAX_CHUNK_LEN`]).
+        max_chunk: u32,
     },
     /// First frame of a flow stream, edge → core: connect me to this service.
     Open {
@@ -307,6 +315,12 @@ pub enum Error {
         /// Limit.
         max: usize,
     },
+    /// A field that must be positive is zero.
+    #[error("{what} is zero; it must be at least 1")]
+    Zero {
+        /// Which field.
+        what: &'static str,
+    },
     /// A text field is not UTF-8.
     #[error("{what} is not valid UTF-8")]
     BadUtf8 {
@@ -378,6 +392,16 @@ impl<'a> Reader<'a> {
             });
         }
         Ok(len)
+    }
+    /// A peer's announced max chunk: 1..=[`MAX_CHUNK_LEN`].
+    fn max_chunk(&mut self) -> Result<u32, Error> {
+        let v = self.chunk_len("announced max chunk")?;
+        if v == 0 {
+            return Err(Error::Zero {
+                what: "announced max chunk",
+            });
+        }
+        Ok(v)
     }
     fn u64(&mut self) -> Result<u64, Error> {
         let b = self.take(8)?;
@@ -576,13 +600,16 @@ impl Frame {
             Frame::Hello {
                 version,
                 key_fingerprint,
+                max_chunk,
             } => {
                 out.put_u16(*version);
                 out.put_slice(key_fingerprint);
+                out.put_u32(*max_chunk);
                 T_HELLO
             }
-            Frame::HelloOk { version } => {
+            Frame::HelloOk { version, max_chunk } => {
                 out.put_u16(*version);
+                out.put_u32(*max_chunk);
                 T_HELLO_OK
             }
             Frame::Open { service, route } => {
@@ -765,9 +792,13 @@ impl Frame {
                 Frame::Hello {
                     version,
                     key_fingerprint,
+                    max_chunk: r.max_chunk()?,
                 }
             }
-            T_HELLO_OK => Frame::HelloOk { version: r.u16()? },
+            T_HELLO_OK => Frame::HelloOk {
+                version: r.u16()?,
+                max_chunk: r.max_chunk()?,
+            },
             T_OPEN => {
                 let service = r.string("service name length")?;
                 let route = r.string("route name length")?;

@@ -27,15 +27,20 @@ fn arb_run_item() -> impl Strategy<Value = RunItem> {
 fn arb_frame() -> impl Strategy<Value = Frame> {
     let id = prop::array::uniform32(any::<u8>());
     prop_oneof![
-        (any::<u16>(), prop::array::uniform16(any::<u8>())).prop_map(
-            |(version, key_fingerprint)| {
+        (
+            any::<u16>(),
+            prop::array::uniform16(any::<u8>()),
+            1..=MAX_CHUNK_LEN as u32
+        )
+            .prop_map(|(version, key_fingerprint, max_chunk)| {
                 Frame::Hello {
                     version,
                     key_fingerprint,
+                    max_chunk,
                 }
-            }
-        ),
-        any::<u16>().prop_map(|version| Frame::HelloOk { version }),
+            }),
+        (any::<u16>(), 1..=MAX_CHUNK_LEN as u32)
+            .prop_map(|(version, max_chunk)| Frame::HelloOk { version, max_chunk }),
         ("[a-z0-9-]{0,40}", "[a-z0-9-]{0,40}")
             .prop_map(|(service, route)| Frame::Open { service, route }),
         Just(Frame::OpenOk),
@@ -397,4 +402,38 @@ fn encode_delta_run_matches_frame_encoding() {
     assert_eq!(a, b);
     assert_eq!(a.len(), Frame::delta_run_overhead(&items) + 4);
     assert_eq!(roundtrip(&f), f);
+}
+
+#[test]
+fn hello_and_hello_ok_reject_a_zero_or_oversized_max_chunk() {
+    for (max_chunk, what) in [(0u32, "zero"), (MAX_CHUNK_LEN as u32 + 1, "exceeds limit")] {
+        for frame in [
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                key_fingerprint: [9; 16],
+                max_chunk,
+            },
+            Frame::HelloOk {
+                version: PROTOCOL_VERSION,
+                max_chunk,
+            },
+        ] {
+            let mut out = BytesMut::new();
+            frame.encode(&mut out);
+            let body = Bytes::copy_from_slice(&out[FRAME_HEADER_LEN..]);
+            let e = Frame::decode_body(out[0], body).unwrap_err().to_string();
+            assert!(
+                e.contains("announced max chunk") && e.contains(what),
+                "{frame:?}: {e}"
+            );
+        }
+    }
+    let mut out = BytesMut::new();
+    let ok = Frame::HelloOk {
+        version: PROTOCOL_VERSION,
+        max_chunk: 256 << 10,
+    };
+    ok.encode(&mut out);
+    let body = Bytes::copy_from_slice(&out[FRAME_HEADER_LEN..]);
+    assert_eq!(Frame::decode_body(out[0], body).unwrap(), ok);
 }

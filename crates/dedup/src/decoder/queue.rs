@@ -90,6 +90,10 @@ impl FlowDecoder {
 
     /// The slot with sequence number `seq`, if still queued.
     pub(super) fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+        #[cfg(test)]
+        {
+            self.visits += 1;
+        }
         let i = usize::try_from(seq.checked_sub(self.popped)?).ok()?;
         self.queue.get_mut(i)
     }
@@ -148,6 +152,10 @@ impl FlowDecoder {
         id: WireId,
         wants: &mut Vec<WireId>,
     ) -> Result<(), Error> {
+        #[cfg(test)]
+        {
+            self.visits += 1;
+        }
         if self.waiting.contains_key(&id) {
             return Ok(());
         }
