@@ -602,3 +602,7 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "flow_tests.rs"]
+mod tests;
