@@ -3,13 +3,11 @@
 //! quinn's `SendStream` *finishes* the stream when dropped, and a dropped `TcpStream` sends FIN:
 //! a flow task that panics, is cancelled or returns early through `?` would otherwise end both
 //! sides cleanly, and a client could take a truncated transfer for a complete one. These guards
-//! reset on drop instead (QUIC `RESET_STREAM`/`STOP_SENDING` with [`RESET_CODE`], TCP RST via
+//! reset on drop instead (QUIC `RESET_STREAM`/`STOP_SENDING` with [`RESET_CODE`](crate::flow::RESET_CODE), TCP RST via
 //! linger 0) unless the flow disarmed them after completing.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
-
-use crate::flow::RESET_CODE;
 
 /// Both halves of a flow's QUIC stream.
 #[derive(Debug)]
@@ -20,7 +18,7 @@ pub struct BiStream {
     pub recv: quinn::RecvStream,
 }
 
-/// A flow's QUIC stream that is reset (both halves, [`RESET_CODE`]) when dropped, unless
+/// A flow's QUIC stream that is reset (both halves, [`RESET_CODE`](crate::flow::RESET_CODE)) when dropped, unless
 /// [`StreamGuard::disarm`]ed.
 #[derive(Debug)]
 pub struct StreamGuard {
