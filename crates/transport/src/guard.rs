@@ -113,6 +113,27 @@ pub fn reset_tcp(tcp: &tokio::net::TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
 }
 
+/// Runs a flow task, catching a panic: it is counted (`strait_flow_panics_total`) and logged,
+/// and the guards the task held have reset its stream and client while unwinding. The rest of
+/// the process carries on.
+pub async fn catch_panic(
+    flow: impl std::future::Future<Output = ()>,
+    metrics: &strait_admin::Metrics,
+) {
+    use futures::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(flow).catch_unwind().await {
+        metrics
+            .flow_panics
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %what, "flow task panicked; its stream and client were reset");
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -146,5 +167,30 @@ mod tests {
         let mut buf = Vec::new();
         client.read_to_end(&mut buf).await.unwrap();
         assert_eq!(buf, b"complete");
+    }
+
+    #[tokio::test]
+    async fn panicking_flow_is_counted_and_its_client_reset() {
+        let metrics = strait_admin::Metrics::new("edge");
+        let (mut client, server) = pair().await;
+        catch_panic(
+            async move {
+                let mut g = TcpResetGuard::new(server);
+                if g.write_all(b"half a resp").await.is_ok() {
+                    panic!("flow bug");
+                }
+            },
+            &metrics,
+        )
+        .await;
+        assert_eq!(
+            metrics
+                .flow_panics
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let mut buf = Vec::new();
+        let err = client.read_to_end(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     }
 }
