@@ -5,8 +5,9 @@
 //! it (`route(name, direction)`), and tests read the same values the server renders. Label values
 //! are route names, directions and classes: never a chunk id or a client address.
 
+pub mod listen;
 mod server;
-pub use server::{serve, Error};
+pub use server::{serve, AdminOptions, Error};
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -29,6 +30,40 @@ impl Direction {
         match self {
             Direction::Upload => "upload",
             Direction::Download => "download",
+        }
+    }
+}
+
+/// Why a peer's connection or flow was cut off by a limit (the `reason` label of
+/// `strait_limit_resets_total`: a closed set, so the label stays bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReason {
+    /// A tunnel connection beyond `limits.max_connections_per_edge` was closed.
+    ConnectionsPerEdge,
+    /// A stream beyond `limits.max_flows_per_edge` was reset.
+    FlowsPerEdge,
+    /// A stream sent no `Open` within `limits.open_timeout` and was reset.
+    OpenTimeout,
+    /// A flow stayed silent beyond `limits.flow_idle_timeout` and was reset.
+    FlowIdle,
+}
+
+impl LimitReason {
+    /// Every reason, in label order.
+    pub const ALL: [LimitReason; 4] = [
+        LimitReason::ConnectionsPerEdge,
+        LimitReason::FlowsPerEdge,
+        LimitReason::OpenTimeout,
+        LimitReason::FlowIdle,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitReason::ConnectionsPerEdge => "connections_per_edge",
+            LimitReason::FlowsPerEdge => "flows_per_edge",
+            LimitReason::OpenTimeout => "open_timeout",
+            LimitReason::FlowIdle => "flow_idle",
         }
     }
 }
@@ -150,6 +185,11 @@ pub struct Metrics {
     pub flow_errors: AtomicU64,
     /// Tunnel connections established since start.
     pub tunnel_connects: AtomicU64,
+    /// Failed `accept` calls on any TCP listener (each followed by a backoff pause).
+    pub accept_errors: AtomicU64,
+    /// Flow tasks that panicked (their stream and client were reset).
+    pub flow_panics: AtomicU64,
+    limit_resets: [AtomicU64; LimitReason::ALL.len()],
     tunnel: Mutex<Option<Probe<TunnelSnapshot>>>,
     store: Mutex<Option<Probe<StoreSnapshot>>>,
     extra: Mutex<Vec<Probe<Vec<ExtraFamily>>>>,
@@ -176,6 +216,9 @@ impl Metrics {
             refused_flows: AtomicU64::new(0),
             flow_errors: AtomicU64::new(0),
             tunnel_connects: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            flow_panics: AtomicU64::new(0),
+            limit_resets: Default::default(),
             tunnel: Mutex::new(None),
             store: Mutex::new(None),
             extra: Mutex::new(Vec::new()),
@@ -193,6 +236,16 @@ impl Metrics {
     pub fn open_flow(self: &Arc<Self>) -> OpenFlow {
         self.open_flows.fetch_add(1, Relaxed);
         OpenFlow(self.clone())
+    }
+
+    /// Counts a connection or flow cut off by a limit.
+    pub fn limit_reset(&self, reason: LimitReason) {
+        self.limit_resets[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Connections and flows cut off for `reason` since start.
+    pub fn limit_resets(&self, reason: LimitReason) -> u64 {
+        self.limit_resets[reason as usize].load(Relaxed)
     }
 
     /// Where tunnel numbers come from.
@@ -308,6 +361,12 @@ impl Metrics {
             "flow_errors": self.flow_errors.load(Relaxed),
             "handshake_failures": self.handshake_failures.load(Relaxed),
             "tunnel_connects": self.tunnel_connects.load(Relaxed),
+            "accept_errors": self.accept_errors.load(Relaxed),
+            "flow_panics": self.flow_panics.load(Relaxed),
+            "limit_resets": LimitReason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_string(), serde_json::json!(self.limit_resets(*r))))
+                .collect::<serde_json::Map<_, _>>(),
             "tunnel": tunnel,
             "store": self.store(),
             "routes": routes,
@@ -464,6 +523,32 @@ impl Metrics {
             "Flows that ended with an error.",
             &[(String::new(), self.flow_errors.load(Relaxed) as f64)],
         );
+        family(
+            "limit_resets_total",
+            "counter",
+            "Connections and flows cut off by a limit, per limit.",
+            &LimitReason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        format!("reason=\"{}\"", r.as_str()),
+                        self.limit_resets(*r) as f64,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+        family(
+            "flow_panics_total",
+            "counter",
+            "Flow tasks that panicked (stream and client reset).",
+            &[(String::new(), self.flow_panics.load(Relaxed) as f64)],
+        );
+        family(
+            "accept_errors_total",
+            "counter",
+            "Failed accepts on TCP listeners (each followed by a backoff pause).",
+            &[(String::new(), self.accept_errors.load(Relaxed) as f64)],
+        );
         if let Some(s) = self.store() {
             family(
                 "store_bytes",
@@ -557,7 +642,19 @@ mod tests {
             ),
             "{text}"
         );
+        m.limit_reset(LimitReason::OpenTimeout);
+        m.limit_reset(LimitReason::OpenTimeout);
+        let text = m.prometheus();
+        assert!(
+            text.contains("strait_limit_resets_total{reason=\"open_timeout\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strait_limit_resets_total{reason=\"flows_per_edge\"} 0"),
+            "{text}"
+        );
         let j = m.stats_json();
+        assert_eq!(j["limit_resets"]["open_timeout"], 2);
         assert_eq!(j["logical_bytes"], 1234);
         assert_eq!(j["routes"][0]["route"], "origin");
         assert_eq!(j["routes"][0]["wan_bytes"], 100);

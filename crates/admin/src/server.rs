@@ -1,12 +1,16 @@
 //! The admin HTTP server (hyper, HTTP/1.1).
 
+use crate::listen::AcceptBackoff;
 use crate::Metrics;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// Admin server errors.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +26,38 @@ pub enum Error {
     },
 }
 
-/// Most admin connections served at once (it is a loopback diagnostics port, not a data path).
+/// Most admin connections held at once by default (it is a loopback diagnostics port, not a
+/// data path); the config's `limits.max_admin_connections` sets it.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Default longest a client may take to send a request head (`limits.header_read_timeout`).
+pub const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds of the admin server.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminOptions {
+    /// Connections held at once. When a new one arrives at the cap, the oldest is closed: a
+    /// semaphore before `accept` would queue `/live` behind idle connections until their
+    /// header-read timeout, and an orchestrator would restart a healthy process.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request head (slowloris connections end after it).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for AdminOptions {
+    fn default() -> Self {
+        AdminOptions {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+/// Open connections, oldest first, each with the signal that closes it.
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    conns: BTreeMap<u64, Arc<Notify>>,
+}
 
 fn respond(m: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
@@ -68,6 +102,7 @@ fn respond(m: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<B
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    options: AdminOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + Send), Error> {
     let listener = TcpListener::bind(addr)
@@ -76,35 +111,59 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
-    let limit = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let open = Arc::new(Mutex::new(Open::default()));
+    let max = options.max_connections.max(1);
     let fut = async move {
         tokio::pin!(shutdown);
+        let mut backoff = AcceptBackoff::default();
         loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
             let (stream, _) = tokio::select! {
                 _ = &mut shutdown => break,
                 r = listener.accept() => match r {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
+                        backoff.failed(&e, Some(&metrics)).await;
                         continue;
                     }
                 },
             };
+            backoff.reset();
+            let (id, close) = {
+                let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+                // At the cap, the oldest connection makes room: an idle or slow one has had
+                // the longest to send its request; a probe is served in microseconds.
+                while o.conns.len() >= max {
+                    match o.conns.pop_first() {
+                        Some((_, oldest)) => oldest.notify_one(),
+                        None => break,
+                    }
+                }
+                o.next_id += 1;
+                let id = o.next_id;
+                let close = Arc::new(Notify::new());
+                o.conns.insert(id, close.clone());
+                (id, close)
+            };
             let m = metrics.clone();
+            let open = open.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let resp = respond(&m, &req);
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-                drop(permit);
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(options.header_read_timeout);
+                tokio::select! {
+                    _ = builder.serve_connection(io, svc) => {}
+                    _ = close.notified() => {}
+                }
+                open.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .conns
+                    .remove(&id);
             });
         }
     };

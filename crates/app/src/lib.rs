@@ -99,11 +99,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let role = if cfg.core.is_some() { "core" } else { "edge" };
     let metrics = Metrics::new(role);
     let store = open_store(&cfg, &metrics)?;
-    let (admin, admin_fut) = strait_admin::serve(cfg.admin_listen, metrics.clone(), {
-        let s = shutdown.clone();
-        async move { s.cancelled().await }
-    })
-    .await?;
+    let admin_options = strait_admin::AdminOptions {
+        max_connections: cfg.limits.max_admin_connections as usize,
+        header_read_timeout: cfg.limits.header_read_timeout,
+    };
+    let (admin, admin_fut) =
+        strait_admin::serve(cfg.admin_listen, metrics.clone(), admin_options, {
+            let s = shutdown.clone();
+            async move { s.cancelled().await }
+        })
+        .await?;
     tokio::spawn(admin_fut);
     tracing::info!(%admin, role, "admin server listening");
     if cfg.core.is_some() {

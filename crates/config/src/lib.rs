@@ -7,7 +7,10 @@
 //!
 //! Relative paths in a config file are relative to the working directory of the process.
 
+pub mod limits;
 pub mod units;
+
+pub use limits::Limits;
 
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -179,6 +182,8 @@ pub struct Config {
     pub edge: Option<Edge>,
     /// Traffic classes, rules and AI destinations (`[[class]]`, `[[rule]]`, `[ai]`).
     pub policy: strait_classify::PolicyConfig,
+    /// Resource bounds (`[limits]`).
+    pub limits: Limits,
 }
 
 /// `[tls]`.
@@ -360,6 +365,7 @@ struct Raw {
     core: Option<RawCore>,
     edge: Option<RawEdge>,
     shutdown: Option<RawShutdown>,
+    limits: Option<limits::RawLimits>,
     #[serde(default)]
     class: Vec<strait_classify::ClassConfig>,
     #[serde(default)]
@@ -1060,6 +1066,8 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         ),
     };
 
+    let limits = limits::validate(v, raw.limits, role, flow_window);
+
     let s = raw.store.unwrap_or_default();
     let store = Store {
         path: match &s.path {
@@ -1307,6 +1315,7 @@ fn validate(v: &mut V, raw: Raw) -> Config {
         core,
         edge,
         policy,
+        limits,
     }
 }
 

@@ -198,3 +198,131 @@ fn http_forwards_and_proxies_parse() {
     let bad = EDGE.replace("kind = \"tcp\"", "kind = \"ftp\"");
     assert_eq!(problems(&bad)[0].path, "edge.forward[0].kind");
 }
+
+#[test]
+fn limits_default_to_their_named_constants_and_parse_off() {
+    let c = parse(CORE, Path::new("c"), false).unwrap();
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.limits.flow_budget, limits::DEFAULT_FLOW_BUDGET);
+    assert_eq!(
+        c.limits.flow_idle_timeout,
+        Some(limits::DEFAULT_FLOW_IDLE_TIMEOUT)
+    );
+    let e = parse(EDGE, Path::new("e"), false).unwrap();
+    assert_eq!(e.limits, Limits::default());
+    // Without a [limits] section at all, the defaults apply too.
+    let start = CORE.find("\n[limits]").unwrap();
+    let end = CORE.find("\n[store]").unwrap();
+    let bare = format!("{}{}", &CORE[..start], &CORE[end..]);
+    assert_eq!(
+        parse(&bare, Path::new("c"), false).unwrap().limits,
+        Limits::default()
+    );
+    let t = CORE
+        .replace("flow_idle_timeout = \"1h\"", "flow_idle_timeout = \"off\"")
+        .replace("tcp_keepalive = \"60s\"", "tcp_keepalive = \"off\"")
+        .replace("open_timeout = \"10s\"", "open_timeout = \"250ms\"")
+        .replace(
+            "max_connections_per_edge = 4",
+            "max_connections_per_edge = 1",
+        );
+    let l = parse(&t, Path::new("c"), false).unwrap().limits;
+    assert_eq!(l.flow_idle_timeout, None);
+    assert_eq!(l.tcp_keepalive, None);
+    assert_eq!(l.open_timeout, Duration::from_millis(250));
+    assert_eq!(l.max_connections_per_edge, 1);
+}
+
+#[test]
+fn bad_limits_name_their_dotted_path_and_value() {
+    for (from, to, path, value) in [
+        (
+            "flow_budget = \"128MiB\"",
+            "flow_budget = \"lots\"",
+            "limits.flow_budget",
+            "lots",
+        ),
+        (
+            "flow_budget = \"128MiB\"",
+            "flow_budget = \"8MiB\"",
+            "limits.flow_budget",
+            "8388608",
+        ),
+        (
+            "edge_flow_budget = \"64MiB\"",
+            "edge_flow_budget = \"256MiB\"",
+            "limits.edge_flow_budget",
+            "268435456",
+        ),
+        (
+            "max_connections_per_edge = 4",
+            "max_connections_per_edge = 0",
+            "limits.max_connections_per_edge",
+            "0",
+        ),
+        (
+            "max_flows_per_edge = 1024",
+            "max_flows_per_edge = -5",
+            "limits.max_flows_per_edge",
+            "-5",
+        ),
+        (
+            "open_timeout = \"10s\"",
+            "open_timeout = \"never\"",
+            "limits.open_timeout",
+            "never",
+        ),
+        (
+            "flow_idle_timeout = \"1h\"",
+            "flow_idle_timeout = \"0s\"",
+            "limits.flow_idle_timeout",
+            "0s",
+        ),
+        (
+            "tcp_keepalive = \"60s\"",
+            "tcp_keepalive = \"on\"",
+            "limits.tcp_keepalive",
+            "on",
+        ),
+        (
+            "max_admin_connections = 64",
+            "max_admin_connections = 0",
+            "limits.max_admin_connections",
+            "0",
+        ),
+        (
+            "header_read_timeout = \"10s\"",
+            "header_read_timeout = \"1ms\"",
+            "limits.header_read_timeout",
+            "1ms",
+        ),
+    ] {
+        assert!(CORE.contains(from), "core.toml lacks {from}");
+        let p = problems(&CORE.replace(from, to));
+        // A too-small flow_budget also leaves edge_flow_budget above it: reported second.
+        assert!(
+            p.iter().all(|p| p.path.starts_with("limits.")),
+            "{to}: {p:?}"
+        );
+        assert_eq!(
+            (p[0].path.as_str(), p[0].value.as_str()),
+            (path, value),
+            "{to}"
+        );
+    }
+}
+
+#[test]
+fn core_only_limits_are_refused_in_an_edge_config() {
+    let t = EDGE.replace(
+        "[limits]\n",
+        "[limits]\nmax_flows_per_edge = 10\nopen_timeout = \"1s\"\n",
+    );
+    let p = problems(&t);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec!["limits.max_flows_per_edge", "limits.open_timeout"]
+    );
+    assert!(p[0].reason.contains("core only"), "{p:?}");
+}

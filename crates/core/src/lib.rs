@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use strait_admin::{Direction, Metrics, TunnelSnapshot};
+use strait_admin::{Direction, LimitReason, Metrics, TunnelSnapshot};
 use strait_chunk::{ChunkHasher, ChunkerConfig};
 use strait_config::{Config, Service};
 use strait_store::{PeerSlot, Store};
 use strait_transport::endpoint::key_fingerprint;
 use strait_transport::flow::{self, FlowError};
+use strait_transport::guard::{catch_panic, StreamGuard, TcpResetGuard};
 use strait_wire::{Frame, FrameDecoder, RefuseCode, PROTOCOL_VERSION};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +23,8 @@ use tracing::Instrument;
 
 /// Longest an edge may take to send its `Hello` after the handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC application close code of a connection refused by `limits.max_connections_per_edge`.
+pub const CLOSE_TOO_MANY_CONNECTIONS: u32 = 5;
 
 /// Errors starting a core.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +97,73 @@ impl Tunnels {
     }
 }
 
+/// What one edge identity holds at this core, for the per-edge limits.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    connections: u32,
+    flows: u32,
+}
+
+/// Which per-edge count a [`EdgeSlot`] holds.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Connection,
+    Flow,
+}
+
+/// Connections and flows per edge identity (certificate name). An entry exists only while its
+/// edge holds something, so the map is bounded by what is open.
+#[derive(Default)]
+struct PerEdge(Mutex<HashMap<String, Held>>);
+
+impl PerEdge {
+    /// Takes one `kind` slot for `edge` if it holds fewer than `max`.
+    fn take(self: &Arc<Self>, edge: &str, kind: Kind, max: u32) -> Option<EdgeSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let held = m.entry(edge.to_string()).or_default();
+        let n = match kind {
+            Kind::Connection => &mut held.connections,
+            Kind::Flow => &mut held.flows,
+        };
+        if *n >= max {
+            if held.connections == 0 && held.flows == 0 {
+                m.remove(edge);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(EdgeSlot {
+            per_edge: self.clone(),
+            edge: edge.to_string(),
+            kind,
+        })
+    }
+}
+
+/// One connection or flow counted against its edge until dropped.
+struct EdgeSlot {
+    per_edge: Arc<PerEdge>,
+    edge: String,
+    kind: Kind,
+}
+
+impl Drop for EdgeSlot {
+    fn drop(&mut self) {
+        let mut m = self.per_edge.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = m.get_mut(&self.edge) {
+            match self.kind {
+                Kind::Connection => held.connections = held.connections.saturating_sub(1),
+                Kind::Flow => held.flows = held.flows.saturating_sub(1),
+            }
+            if held.connections == 0 && held.flows == 0 {
+                m.remove(&self.edge);
+            }
+        }
+    }
+}
+
 struct Shared {
+    per_edge: Arc<PerEdge>,
     upstreams: HashMap<String, strait_http::Upstream>,
     proxy_allow: Vec<(strait_classify::Glob, strait_classify::Glob)>,
     engine: flow::Engine,
@@ -146,7 +215,8 @@ impl Core {
         for s in &core.services {
             if s.upstream.starts_with("http://") || s.upstream.starts_with("https://") {
                 let u = strait_http::Upstream::parse(&s.upstream, core.upstream_ca.as_deref())
-                    .map_err(|e| Error::Upstream(format!("service {:?}: {e}", s.name)))?;
+                    .map_err(|e| Error::Upstream(format!("service {:?}: {e}", s.name)))?
+                    .with_keepalive(cfg.limits.tcp_keepalive);
                 upstreams.insert(s.name.clone(), u);
             }
         }
@@ -175,6 +245,7 @@ impl Core {
                 idle_timeout: flow::DEFAULT_FLOW_IDLE_TIMEOUT,
                 peers: Default::default(),
             },
+            per_edge: Arc::new(PerEdge::default()),
             upstreams,
             proxy_allow,
             classifier,
@@ -275,6 +346,18 @@ async fn serve_connection(
         conn.close(quinn::VarInt::from_u32(2), b"certificate without a name");
         return;
     };
+    let max_conns = sh.cfg.limits.max_connections_per_edge;
+    let Some(_conn_slot) = sh.per_edge.take(&edge, Kind::Connection, max_conns) else {
+        sh.metrics.limit_reset(LimitReason::ConnectionsPerEdge);
+        let reason =
+            format!("limits.max_connections_per_edge ({max_conns}) reached for edge {edge:?}");
+        tracing::warn!(%edge, max = max_conns, "tunnel refused: too many connections from this edge");
+        conn.close(
+            quinn::VarInt::from_u32(CLOSE_TOO_MANY_CONNECTIONS),
+            reason.as_bytes(),
+        );
+        return;
+    };
     let span = tracing::info_span!("edge", name = %edge);
     async move {
         let peer = match sh.store.peer_slot(&edge) {
@@ -366,11 +449,24 @@ async fn serve_connection(
                     }
                 },
             };
+            // From here on, every way out but a completed flow resets the stream.
+            let stream = StreamGuard::new(send, recv);
+            let max_flows = sh.cfg.limits.max_flows_per_edge;
+            let Some(flow_slot) = sh.per_edge.take(&edge, Kind::Flow, max_flows) else {
+                sh.metrics.limit_reset(LimitReason::FlowsPerEdge);
+                tracing::warn!(%edge, max = max_flows, "flow reset: limits.max_flows_per_edge reached");
+                drop(stream);
+                continue;
+            };
             let sh2 = sh.clone();
             let edge2 = edge.clone();
             sh.flows.spawn(
-                async move { serve_flow(sh2, send, recv, peer, &edge2).await }
-                    .instrument(tracing::info_span!("flow")),
+                async move {
+                    let metrics = sh2.metrics.clone();
+                    catch_panic(serve_flow(sh2, stream, peer, &edge2), &metrics).await;
+                    drop(flow_slot);
+                }
+                .instrument(tracing::info_span!("flow")),
             );
         }
         sh.tunnels.remove(id);
@@ -401,43 +497,41 @@ impl Shared {
 }
 
 /// Refuses a flow: says why on the stream, finishes it and stops reading the edge's side.
-async fn refuse(
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    code: RefuseCode,
-    reason: &str,
-) {
+async fn refuse(stream: &mut StreamGuard, code: RefuseCode, reason: &str) {
     let mut out = bytes::BytesMut::new();
     Frame::Refuse {
         code,
         reason: reason.to_string(),
     }
     .encode(&mut out);
-    let _ = send.write_all(&out).await;
-    let _ = send.finish();
-    let _ = recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+    let s = &mut **stream;
+    let _ = s.send.write_all(&out).await;
+    let _ = s.send.finish();
+    let _ = s.recv.stop(quinn::VarInt::from_u32(flow::RESET_CODE));
+    // A refusal is an answer, not a failure: the finished stream must not be reset.
+    stream.disarm();
 }
 
-async fn serve_flow(
-    sh: Arc<Shared>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    peer: PeerSlot,
-    edge: &str,
-) {
+async fn serve_flow(sh: Arc<Shared>, mut stream: StreamGuard, peer: PeerSlot, edge: &str) {
     let mut fd = FrameDecoder::new();
-    let open = match flow::read_frame(&mut recv, &mut fd, None).await {
-        Ok(Some(f)) => f,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(error = %e, "flow open failed");
-            flow::reset(&mut send, &mut recv);
+    let open_timeout = sh.cfg.limits.open_timeout;
+    let first = flow::read_frame(&mut stream.recv, &mut fd, None);
+    let open = match tokio::time::timeout(open_timeout, first).await {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::warn!(%edge, error = %e, "flow open failed");
+            return;
+        }
+        Err(_) => {
+            sh.metrics.limit_reset(LimitReason::OpenTimeout);
+            tracing::warn!(%edge, ?open_timeout, "flow reset: no Open within limits.open_timeout");
             return;
         }
     };
     let Frame::Open { service, route } = open else {
         tracing::warn!("flow did not start with Open");
-        refuse(&mut send, &mut recv, RefuseCode::Other, "expected Open").await;
+        refuse(&mut stream, RefuseCode::Other, "expected Open").await;
         return;
     };
     // An edge HTTP proxy names its origin; the core reaches it only if proxy_allow lists it.
@@ -450,8 +544,7 @@ async fn serve_flow(
                 sh.metrics.refused_flows.fetch_add(1, Relaxed);
                 tracing::warn!(%edge, %origin, %route, "refused: proxy origin is not in core.proxy_allow");
                 refuse(
-                    &mut send,
-                    &mut recv,
+                    &mut stream,
                     RefuseCode::Denied,
                     &format!("origin {origin:?} is not in this core's proxy_allow list"),
                 )
@@ -474,8 +567,7 @@ async fn serve_flow(
                 sh.metrics.refused_flows.fetch_add(1, Relaxed);
                 tracing::warn!(%edge, %service, %route, "refused: service is not declared by this core");
                 refuse(
-                    &mut send,
-                    &mut recv,
+                    &mut stream,
                     RefuseCode::UnknownService,
                     &format!("service {service:?} is not declared by this core"),
                 )
@@ -498,8 +590,7 @@ async fn serve_flow(
         sh.metrics.refused_flows.fetch_add(1, Relaxed);
         tracing::warn!(%edge, %service, %class, "flow denied by policy");
         refuse(
-            &mut send,
-            &mut recv,
+            &mut stream,
             RefuseCode::Denied,
             &format!("class {class:?} is denied by the core's policy"),
         )
@@ -507,7 +598,7 @@ async fn serve_flow(
         return;
     }
     let policy = strait_transport::classes::effective_policy(svc.policy, &verdict);
-    let _ = send.set_priority(verdict.priority);
+    let _ = stream.send.set_priority(verdict.priority);
     let timeout = sh
         .cfg
         .core
@@ -519,7 +610,11 @@ async fn serve_flow(
             Some(u) => u.connect().await.map(UpstreamConn::Http),
             None => tokio::net::TcpStream::connect(&svc.upstream)
                 .await
-                .map(UpstreamConn::Tcp),
+                .map(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                    strait_admin::listen::set_keepalive(&tcp, sh.cfg.limits.tcp_keepalive);
+                    UpstreamConn::Tcp(tcp)
+                }),
         }
     };
     let upstream = match tokio::time::timeout(timeout, connect).await {
@@ -528,8 +623,7 @@ async fn serve_flow(
             sh.metrics.refused_flows.fetch_add(1, Relaxed);
             tracing::warn!(%service, upstream = %svc.upstream, error = %e, "upstream unreachable");
             refuse(
-                &mut send,
-                &mut recv,
+                &mut stream,
                 RefuseCode::UpstreamUnreachable,
                 &format!("upstream {} of service {service:?}: {e}", svc.upstream),
             )
@@ -540,8 +634,7 @@ async fn serve_flow(
             sh.metrics.refused_flows.fetch_add(1, Relaxed);
             tracing::warn!(%service, upstream = %svc.upstream, "upstream connect timed out");
             refuse(
-                &mut send,
-                &mut recv,
+                &mut stream,
                 RefuseCode::UpstreamUnreachable,
                 &format!(
                     "upstream {} of service {service:?}: connect timed out",
@@ -554,7 +647,7 @@ async fn serve_flow(
     };
     let mut out = bytes::BytesMut::new();
     Frame::OpenOk.encode(&mut out);
-    if send.write_all(&out).await.is_err() {
+    if stream.send.write_all(&out).await.is_err() {
         return;
     }
     let tx_stats = sh.metrics.route(&svc.name, Direction::Download);
@@ -573,12 +666,25 @@ async fn serve_flow(
         expect_open_ok: false,
     });
     let totals = flow::FlowTotals::default();
+    let s = &mut *stream;
     let result = match upstream {
-        UpstreamConn::Tcp(tcp) => flow::pump(tcp, &mut send, &mut recv, parts, &totals).await,
-        UpstreamConn::Http(stream) => {
-            flow::pump_stream(stream, &mut send, &mut recv, parts, &totals, |_| {}).await
+        UpstreamConn::Tcp(tcp) => {
+            // Reset (RST) on every way out but a completed flow, a panic included.
+            let mut tcp = TcpResetGuard::new(tcp);
+            let r = flow::pump_stream(&mut *tcp, &mut s.send, &mut s.recv, parts, &totals, |_| {})
+                .await;
+            if r.is_ok() {
+                tcp.disarm();
+            }
+            r
+        }
+        UpstreamConn::Http(up) => {
+            flow::pump_stream(up, &mut s.send, &mut s.recv, parts, &totals, |_| {}).await
         }
     };
+    if result.is_ok() {
+        stream.disarm();
+    }
     counters.add_bytes(
         totals.tx_logical.load(Relaxed) + totals.rx_logical.load(Relaxed),
         totals.tx_wan.load(Relaxed) + totals.rx_wan.load(Relaxed),

@@ -4,6 +4,8 @@
 //! Owns the `[edge]` config section's behaviour. Never connects anywhere but its core: what a
 //! forward reaches is decided by the core's service table.
 
+mod pipe;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,7 @@ pub const PROXY_SERVICE_PREFIX: &str = "proxy:";
 use strait_store::{PeerSlot, Store};
 use strait_transport::endpoint::key_fingerprint;
 use strait_transport::flow::{self, FlowError, FlowParts};
+use strait_transport::guard::{catch_panic, StreamGuard, TcpResetGuard};
 use strait_wire::{Frame, FrameDecoder, PROTOCOL_VERSION};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -258,14 +261,8 @@ impl Edge {
             });
             let span = tracing::info_span!("proxy", name = %p.name, listen = %p.listen);
             accept_tasks.push(tokio::spawn(
-                strait_http::serve_proxy(
-                    listener,
-                    shared.classifier.clone(),
-                    shared.http.clone(),
-                    connector,
-                    shutdown.clone(),
-                )
-                .instrument(span),
+                strait_http::serve_proxy(listener, shared.ingress(connector), shutdown.clone())
+                    .instrument(span),
             ));
         }
         for (fwd, listener) in listeners {
@@ -279,13 +276,12 @@ impl Edge {
                 let (sh, stop) = (shared.clone(), shutdown.clone());
                 accept_tasks.push(tokio::spawn(
                     async move {
+                        let ingress = sh.ingress(connector);
                         strait_http::serve_route(
                             listener,
                             &fwd.name,
                             fwd.service.clone(),
-                            sh.classifier.clone(),
-                            sh.http.clone(),
-                            connector,
+                            ingress,
                             stop,
                         )
                         .await
@@ -300,6 +296,7 @@ impl Edge {
             let span = tracing::info_span!("forward", name = %fwd.name, listen = %fwd.listen);
             accept_tasks.push(tokio::spawn(
                 async move {
+                    let mut backoff = strait_admin::listen::AcceptBackoff::default();
                     loop {
                         // Backpressure: at most max_flows flows; beyond that, leave
                         // connections in the kernel's accept queue.
@@ -312,16 +309,20 @@ impl Edge {
                             a = listener.accept() => match a {
                                 Ok(a) => a,
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "accept failed");
+                                    // EMFILE and friends: back off instead of spinning.
+                                    backoff.failed(&e, Some(&sh.metrics)).await;
                                     continue;
                                 }
                             },
                         };
+                        backoff.reset();
+                        strait_admin::listen::set_keepalive(&tcp, sh.cfg.limits.tcp_keepalive);
                         let sh2 = sh.clone();
                         let f2 = fwd.clone();
                         sh.flows.spawn(
                             async move {
-                                carry(sh2, f2, tcp).await;
+                                let metrics = sh2.metrics.clone();
+                                catch_panic(carry(sh2, f2, tcp), &metrics).await;
                                 drop(permit);
                             }
                             .instrument(tracing::info_span!("flow", %client)),
@@ -359,6 +360,20 @@ impl Edge {
 }
 
 impl Shared {
+    /// What an HTTP listener of this edge serves with.
+    fn ingress(&self, connector: Arc<TunnelConnector>) -> strait_http::Ingress {
+        strait_http::Ingress {
+            classifier: self.classifier.clone(),
+            stats: self.http.clone(),
+            connector,
+            options: strait_http::IngressOptions {
+                header_read_timeout: self.cfg.limits.header_read_timeout,
+                tcp_keepalive: self.cfg.limits.tcp_keepalive,
+                max_connections: strait_http::MAX_CLIENT_CONNECTIONS,
+            },
+        }
+    }
+
     fn snapshot(&self) -> TunnelSnapshot {
         let mut s = TunnelSnapshot {
             wan_tx_bytes: self.closed_tx.load(Relaxed)
@@ -523,8 +538,8 @@ async fn maintain_tunnel(
 
 /// A flow opened on the tunnel: its stream and engine, ready to pump.
 struct OpenedFlow {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    /// Reset on drop unless the flow completed.
+    stream: StreamGuard,
     parts: FlowParts,
     _open: strait_admin::OpenFlow,
 }
@@ -539,10 +554,12 @@ async fn open_flow(
     verdict: &strait_classify::Verdict,
 ) -> Result<OpenedFlow, OpenError> {
     let conn = sh.connection().await?;
-    let (mut send, recv) = conn
+    let (send, recv) = conn
         .open_bi()
         .await
         .map_err(|e| OpenError::Stream(e.to_string()))?;
+    let mut stream = StreamGuard::new(send, recv);
+    let send = &mut stream.send;
     let _ = send.set_priority(verdict.priority);
     let tx_stats = sh.metrics.route(route, Direction::Upload);
     let rx_stats = sh.metrics.route(route, Direction::Download);
@@ -569,8 +586,7 @@ async fn open_flow(
         expect_open_ok: true,
     });
     Ok(OpenedFlow {
-        send,
-        recv,
+        stream,
         parts,
         _open: sh.metrics.open_flow(),
     })
@@ -604,14 +620,14 @@ async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
     let class = sh.classifier.class(verdict.class).name.clone();
     let counters = sh.classes.get(verdict.class);
     counters.record_verdict(&verdict, false);
-    let reset = |tcp: &TcpStream| {
-        let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
-    };
+    // Reset (RST) on every way out but a completed flow, a panic included.
+    let mut tcp = TcpResetGuard::new(tcp);
+    let _ = tcp.set_nodelay(true);
     match verdict.action {
         strait_classify::Action::Deny => {
             sh.metrics.refused_flows.fetch_add(1, Relaxed);
             tracing::warn!(route = %fwd.name, %class, "flow denied by policy");
-            return reset(&tcp);
+            return;
         }
         strait_classify::Action::Log => {
             tracing::info!(route = %fwd.name, %class, "flow logged by policy")
@@ -624,11 +640,24 @@ async fn carry(sh: Arc<Shared>, fwd: Forward, tcp: TcpStream) {
         Err(e) => {
             sh.metrics.flow_errors.fetch_add(1, Relaxed);
             tracing::warn!(error = %e, service = %fwd.service, "flow failed before it started");
-            return reset(&tcp);
+            return;
         }
     };
     let totals = flow::FlowTotals::default();
-    let result = flow::pump(tcp, &mut f.send, &mut f.recv, f.parts, &totals).await;
+    let s = &mut *f.stream;
+    let result = flow::pump_stream(
+        &mut *tcp,
+        &mut s.send,
+        &mut s.recv,
+        f.parts,
+        &totals,
+        |_| {},
+    )
+    .await;
+    if result.is_ok() {
+        tcp.disarm();
+        f.stream.disarm();
+    }
     counters.add_bytes(
         totals.tx_logical.load(Relaxed) + totals.rx_logical.load(Relaxed),
         totals.tx_wan.load(Relaxed) + totals.rx_wan.load(Relaxed),
@@ -672,7 +701,7 @@ impl strait_http::Connector for TunnelConnector {
             // not allowed, unknown service, upstream down) becomes an HTTP error for the client
             // instead of a "200 Connection established" followed by EOF.
             let mut fd = FrameDecoder::new();
-            match flow::read_frame(&mut f.recv, &mut fd, Some(&f.parts.rx_stats)).await {
+            match flow::read_frame(&mut f.stream.recv, &mut fd, Some(&f.parts.rx_stats)).await {
                 Ok(Some(Frame::OpenOk)) => {
                     f.parts.expect_open_ok = false;
                     f.parts.prefix = fd;
@@ -696,23 +725,33 @@ impl strait_http::Connector for TunnelConnector {
                 }
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
-            let (near, far) = tokio::io::duplex(HTTP_PIPE_BUF);
+            // A refusal above is a clean answer, not a failure of the stream.
+            let (near, mut far) = pipe::pipe(HTTP_PIPE_BUF);
             let sh2 = sh.clone();
-            sh.flows.spawn(
-                async move {
-                    let totals = flow::FlowTotals::default();
-                    let result =
-                        flow::pump_stream(far, &mut f.send, &mut f.recv, f.parts, &totals, |_| {})
-                            .await;
-                    // The HTTP layer counts logical bytes; the data path adds what crossed the WAN.
-                    let counters = sh2.classes.get(verdict.class);
-                    counters.wan_bytes.fetch_add(
-                        totals.tx_wan.load(Relaxed) + totals.rx_wan.load(Relaxed),
-                        Relaxed,
-                    );
-                    log_flow_result(&sh2, &route, &service, &result);
+            let metrics = sh.metrics.clone();
+            let flow = async move {
+                let totals = flow::FlowTotals::default();
+                let s = &mut *f.stream;
+                let result =
+                    flow::pump_stream(&mut far, &mut s.send, &mut s.recv, f.parts, &totals, |_| {})
+                        .await;
+                if result.is_ok() {
+                    // Otherwise `far` and the stream drop armed: the HTTP layer's reads
+                    // fail and the stream is reset.
+                    far.complete();
+                    f.stream.disarm();
                 }
-                .instrument(tracing::info_span!("http-flow")),
+                // The HTTP layer counts logical bytes; the data path adds what crossed the WAN.
+                let counters = sh2.classes.get(verdict.class);
+                counters.wan_bytes.fetch_add(
+                    totals.tx_wan.load(Relaxed) + totals.rx_wan.load(Relaxed),
+                    Relaxed,
+                );
+                log_flow_result(&sh2, &route, &service, &result);
+            };
+            sh.flows.spawn(
+                async move { catch_panic(flow, &metrics).await }
+                    .instrument(tracing::info_span!("http-flow")),
             );
             Ok(Box::new(near) as Box<dyn strait_http::AsyncStream>)
         })

@@ -180,6 +180,8 @@ pub(crate) struct Metered<B> {
     sleep: Option<Pin<Box<Sleep>>>,
     /// A frame already read and counted, waiting for the rate cap.
     held: Option<Frame<Bytes>>,
+    /// Set when the inner body fails (the client connection must then end with RST).
+    abort: Option<crate::abort::Abort>,
 }
 
 impl<B> Metered<B> {
@@ -198,7 +200,15 @@ impl<B> Metered<B> {
                 .then(|| (limits.clone(), class, dir)),
             sleep: None,
             held: None,
+            abort: None,
         }
+    }
+
+    /// On an error of the inner body, mark the client connection for a reset: a body cut
+    /// short must never look complete.
+    pub(crate) fn abort_on_error(mut self, abort: crate::abort::Abort) -> Self {
+        self.abort = Some(abort);
+        self
     }
 }
 
@@ -227,7 +237,12 @@ where
                 this.meter.settle();
                 Poll::Ready(None)
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => {
+                if let Some(a) = &this.abort {
+                    a.set();
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.meter.observe(data);

@@ -48,6 +48,7 @@
 //! held whole in memory: per request at most one hyper frame per direction plus a
 //! [`SNIFF_LEN`]-byte format-sniffing prefix.
 
+mod abort;
 mod body;
 mod error;
 mod service;
@@ -75,8 +76,12 @@ pub const PROXY_ROUTE: &str = "http-proxy";
 pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
 /// Bytes of each body kept for format sniffing ([`strait_classify::sniff`]).
 pub const SNIFF_LEN: usize = strait_classify::SNIFF_PREFIX_LEN;
-/// Longest a client may take to send a request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default longest a client may take to send a request head (the config's
+/// `limits.header_read_timeout`; see `strait_config::limits::DEFAULT_HEADER_READ_TIMEOUT`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default TCP keepalive idle time on accepted client sockets (`limits.tcp_keepalive`): a
+/// half-open client is found in about two minutes (see [`strait_admin::listen`]).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Largest request or response head (and hyper read buffer) accepted.
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// Read buffer per direction of a `CONNECT` tunnel.
@@ -131,17 +136,44 @@ pub trait Connector: Send + Sync + 'static {
     ) -> BoxFuture<'static, std::io::Result<Box<dyn AsyncStream>>>;
 }
 
+/// Bounds of one HTTP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct IngressOptions {
+    /// Longest a client may take to send a request head.
+    pub header_read_timeout: Duration,
+    /// TCP keepalive idle time on accepted client sockets; `None` = off.
+    pub tcp_keepalive: Option<Duration>,
+    /// Client connections served at once; `accept` waits when all are busy.
+    pub max_connections: usize,
+}
+
+impl Default for IngressOptions {
+    fn default() -> Self {
+        IngressOptions {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            tcp_keepalive: Some(TCP_KEEPALIVE),
+            max_connections: MAX_CLIENT_CONNECTIONS,
+        }
+    }
+}
+
+/// What an HTTP listener serves with: classification, counters, the way to targets and bounds.
+pub struct Ingress {
+    /// Classes, rules and AI recognisers.
+    pub classifier: Arc<Classifier>,
+    /// Per-class counters (shared with the process's metrics).
+    pub stats: Arc<HttpStats>,
+    /// How bytes reach a target.
+    pub connector: Arc<dyn Connector>,
+    /// Bounds of the listener.
+    pub options: IngressOptions,
+}
+
 /// Serve an HTTP forward proxy on `listener` until `shutdown` is cancelled, then stop accepting,
 /// let in-flight requests finish (connections are closed after their current response; `CONNECT`
 /// tunnels are closed) and return once every connection task has ended.
-pub async fn serve_proxy(
-    listener: TcpListener,
-    classifier: Arc<Classifier>,
-    stats: Arc<HttpStats>,
-    connector: Arc<dyn Connector>,
-    shutdown: CancellationToken,
-) {
-    let shared = service::Shared::new(service::Mode::Proxy, classifier, stats, connector, shutdown);
+pub async fn serve_proxy(listener: TcpListener, ingress: Ingress, shutdown: CancellationToken) {
+    let shared = service::Shared::new(service::Mode::Proxy, ingress, shutdown);
     service::serve(listener, shared).await
 }
 
@@ -152,9 +184,7 @@ pub async fn serve_route(
     listener: TcpListener,
     route: &str,
     service: String,
-    classifier: Arc<Classifier>,
-    stats: Arc<HttpStats>,
-    connector: Arc<dyn Connector>,
+    ingress: Ingress,
     shutdown: CancellationToken,
 ) {
     let shared = service::Shared::new(
@@ -162,9 +192,7 @@ pub async fn serve_route(
             route: route.to_owned(),
             service,
         },
-        classifier,
-        stats,
-        connector,
+        ingress,
         shutdown,
     );
     service::serve(listener, shared).await

@@ -17,11 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::abort::{Abort, ClientIo};
 use crate::body::{full, Dir, HttpBody, Meter, Metered, RateLimits, RequestInfo};
 use crate::{
-    tunnel, Connector, HttpStats, Target, HEADER_READ_TIMEOUT, MAX_CLIENT_CONNECTIONS,
-    MAX_HEAD_BYTES, PROXY_ROUTE, UPSTREAM_CONNECT_TIMEOUT,
+    tunnel, Connector, HttpStats, Ingress, IngressOptions, Target, MAX_HEAD_BYTES, PROXY_ROUTE,
+    UPSTREAM_CONNECT_TIMEOUT,
 };
+use strait_admin::listen::{set_keepalive, AcceptBackoff};
 
 /// How requests are addressed.
 pub(crate) enum Mode {
@@ -38,25 +40,27 @@ pub(crate) struct Shared {
     pub stats: Arc<HttpStats>,
     pub connector: Arc<dyn Connector>,
     pub limits: Arc<RateLimits>,
+    pub options: IngressOptions,
     pub shutdown: CancellationToken,
     /// Connection, upstream and tunnel tasks; `serve` returns when all have ended.
     pub tracker: TaskTracker,
 }
 
 impl Shared {
-    pub(crate) fn new(
-        mode: Mode,
-        classifier: Arc<Classifier>,
-        stats: Arc<HttpStats>,
-        connector: Arc<dyn Connector>,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    pub(crate) fn new(mode: Mode, ingress: Ingress, shutdown: CancellationToken) -> Arc<Self> {
+        let Ingress {
+            classifier,
+            stats,
+            connector,
+            options,
+        } = ingress;
         Arc::new(Shared {
             mode,
             limits: Arc::new(RateLimits::new(&classifier)),
             classifier,
             stats,
             connector,
+            options,
             shutdown,
             tracker: TaskTracker::new(),
         })
@@ -71,7 +75,8 @@ impl Shared {
 }
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let permits = Arc::new(Semaphore::new(MAX_CLIENT_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(shared.options.max_connections.max(1)));
+    let mut backoff = AcceptBackoff::default();
     let span = tracing::info_span!("http", route = %shared.route());
     async {
         loop {
@@ -89,13 +94,14 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     Ok(x) => x,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        backoff.failed(&e, None).await;
                         continue;
                     }
                 },
             };
+            backoff.reset();
             let _ = tcp.set_nodelay(true);
+            set_keepalive(&tcp, shared.options.tcp_keepalive);
             let conn_span = tracing::debug_span!("client", %peer);
             shared
                 .tracker
@@ -113,6 +119,9 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 #[derive(Default)]
 struct Conn {
     cached: Mutex<Option<Cached>>,
+    /// Set when a response or tunnel failed after its head was sent: the client connection
+    /// then ends with RST.
+    abort: Abort,
 }
 
 struct Cached {
@@ -123,6 +132,7 @@ struct Cached {
 
 async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemaphorePermit) {
     let conn = Arc::new(Conn::default());
+    let io = ClientIo::new(tcp, conn.abort.clone());
     let s = shared.clone();
     let svc = hyper::service::service_fn(move |req| {
         let s = s.clone();
@@ -132,10 +142,10 @@ async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemaphore
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(shared.options.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     let served = builder
-        .serve_connection(TokioIo::new(tcp), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(served);
     let result = tokio::select! {
@@ -255,7 +265,7 @@ async fn handle(
 ) -> Response<HttpBody> {
     if req.method() == Method::CONNECT {
         return match shared.mode {
-            Mode::Proxy => tunnel::handle_connect(shared, req).await,
+            Mode::Proxy => tunnel::handle_connect(shared, conn.abort.clone(), req).await,
             Mode::Route { .. } => bad_request(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is served by the HTTP proxy, not by a route",
@@ -321,6 +331,7 @@ async fn handle(
         verdict.class,
         Dir::Up,
     )
+    .abort_on_error(conn.abort.clone())
     .boxed_unsync();
     let upstream_req = Request::from_parts(parts, up_body);
 
@@ -348,6 +359,7 @@ async fn handle(
         verdict.class,
         Dir::Down,
     )
+    .abort_on_error(conn.abort.clone())
     .boxed_unsync();
     Response::from_parts(parts, down)
 }

@@ -12,12 +12,14 @@ use strait_classify::{Action, ClassId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
+use crate::abort::Abort;
 use crate::body::{full, Dir, HttpBody, RequestInfo};
 use crate::service::{bad_request, Shared};
 use crate::{Target, PROXY_ROUTE, TUNNEL_BUF, UPSTREAM_CONNECT_TIMEOUT};
 
 pub(crate) async fn handle_connect(
     shared: Arc<Shared>,
+    abort: Abort,
     mut req: Request<Incoming>,
 ) -> Response<HttpBody> {
     let Some(auth) = req.uri().authority().cloned() else {
@@ -95,20 +97,25 @@ pub(crate) async fn handle_connect(
                     return;
                 }
             };
-            let (cr, cw) = tokio::io::split(client);
-            let (ur, uw) = tokio::io::split(stream);
+            // The halves outlive the copies: select! drops its futures before running the
+            // chosen branch, and the client must be marked for a reset before it is dropped.
+            let (mut cr, mut cw) = tokio::io::split(client);
+            let (mut ur, mut uw) = tokio::io::split(stream);
             let both = async {
                 tokio::try_join!(
-                    copy(&s, class, Dir::Up, cr, uw),
-                    copy(&s, class, Dir::Down, ur, cw)
+                    copy(&s, class, Dir::Up, &mut cr, &mut uw),
+                    copy(&s, class, Dir::Down, &mut ur, &mut cw)
                 )
             };
             tokio::select! {
                 r = both => if let Err(e) = r {
+                    // Either side failed: the client must not take the tunnel's end for a
+                    // clean close, so its connection ends with RST.
+                    abort.set();
                     tracing::debug!(error = %e, "CONNECT tunnel ended with an error");
                 },
-                // Opaque tunnels have no request boundary to drain at: close them.
-                _ = s.shutdown.cancelled() => {}
+                // Opaque tunnels have no request boundary to drain at: cut them (RST).
+                _ = s.shutdown.cancelled() => abort.set(),
             }
         }
         .instrument(tracing::debug_span!("connect", target = %target)),

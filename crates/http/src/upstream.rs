@@ -24,6 +24,8 @@ pub struct Upstream {
     host: String,
     port: u16,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// TCP keepalive idle time of each connection (`limits.tcp_keepalive`); `None` = off.
+    keepalive: Option<Duration>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -89,6 +91,7 @@ impl Upstream {
             host: host.to_owned(),
             port,
             tls,
+            keepalive: Some(crate::TCP_KEEPALIVE),
         })
     }
 
@@ -104,6 +107,12 @@ impl Upstream {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+
+    /// Sets the TCP keepalive idle time of its connections (default [`crate::TCP_KEEPALIVE`]).
+    pub fn with_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.keepalive = idle;
+        self
     }
 
     /// Connect (and, for `https://`, complete a verified TLS handshake) within
@@ -130,6 +139,7 @@ impl Upstream {
             })?;
         // Requests and small responses must not wait for Nagle.
         tcp.set_nodelay(true)?;
+        strait_admin::listen::set_keepalive(&tcp, self.keepalive);
         match &self.tls {
             None => Ok(Box::new(tcp)),
             Some((connector, name)) => {

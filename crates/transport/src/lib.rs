@@ -12,6 +12,7 @@ pub mod cubic;
 pub mod deltas;
 pub mod endpoint;
 pub mod flow;
+pub mod guard;
 pub mod tls;
 pub mod versions;
 

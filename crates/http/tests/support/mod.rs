@@ -97,13 +97,19 @@ async fn start(
     let stats = strait_http::new_stats(&classifier);
     let connector = Arc::new(connector);
     let shutdown = CancellationToken::new();
-    let (s, c, t) = (stats.clone(), connector.clone(), shutdown.clone());
+    let ingress = strait_http::Ingress {
+        classifier,
+        stats: stats.clone(),
+        connector: connector.clone(),
+        options: strait_http::IngressOptions::default(),
+    };
+    let t = shutdown.clone();
     let task = match route {
-        None => tokio::spawn(strait_http::serve_proxy(listener, classifier, s, c, t)),
+        None => tokio::spawn(strait_http::serve_proxy(listener, ingress, t)),
         Some((route, service)) => {
             let (route, service) = (route.to_owned(), service.to_owned());
             tokio::spawn(async move {
-                strait_http::serve_route(listener, &route, service, classifier, s, c, t).await
+                strait_http::serve_route(listener, &route, service, ingress, t).await
             })
         }
     };
