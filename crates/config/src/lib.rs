@@ -10,7 +10,7 @@
 pub mod limits;
 pub mod units;
 
-pub use limits::Limits;
+pub use limits::{Limits, DEFAULT_FLOW_BUDGET};
 
 use serde::Deserialize;
 use std::collections::HashSet;

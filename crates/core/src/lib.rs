@@ -164,6 +164,10 @@ impl Drop for EdgeSlot {
 
 struct Shared {
     per_edge: Arc<PerEdge>,
+    /// Each edge identity's share of the flow budget (`limits.edge_flow_budget`), a child of the
+    /// engine's process budget. One entry per identity the store tracks (bounded by its peer
+    /// slots).
+    edge_budgets: Mutex<HashMap<String, strait_dedup::Budget>>,
     upstreams: HashMap<String, strait_http::Upstream>,
     proxy_allow: Vec<(strait_classify::Glob, strait_classify::Glob)>,
     engine: flow::Engine,
@@ -241,11 +245,12 @@ impl Core {
                 store: store.clone(),
                 dedup: cfg.dedup.clone(),
                 deltas,
-                budget: strait_dedup::Budget::new(flow::DEFAULT_FLOW_BUDGET),
-                idle_timeout: flow::DEFAULT_FLOW_IDLE_TIMEOUT,
+                budget: strait_dedup::Budget::new(cfg.limits.flow_budget),
+                idle_timeout: cfg.limits.flow_idle_timeout,
                 peers: Default::default(),
             },
             per_edge: Arc::new(PerEdge::default()),
+            edge_budgets: Mutex::new(HashMap::new()),
             upstreams,
             proxy_allow,
             classifier,
@@ -486,6 +491,14 @@ enum UpstreamConn {
 pub const PROXY_SERVICE_PREFIX: &str = "proxy:";
 
 impl Shared {
+    /// `edge`'s share of the process flow budget, created on first use.
+    fn edge_budget(&self, edge: &str) -> strait_dedup::Budget {
+        let mut m = self.edge_budgets.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(edge.to_string())
+            .or_insert_with(|| self.engine.budget.child(self.cfg.limits.edge_flow_budget))
+            .clone()
+    }
+
     fn proxy_allowed(&self, origin: &str) -> bool {
         let Some((host, port)) = origin.rsplit_once(':') else {
             return false;
@@ -664,6 +677,7 @@ async fn serve_flow(sh: Arc<Shared>, mut stream: StreamGuard, peer: PeerSlot, ed
         rx_stats,
         prefix: fd,
         expect_open_ok: false,
+        budget: Some(sh.edge_budget(edge)),
     });
     let totals = flow::FlowTotals::default();
     let s = &mut *stream;

@@ -185,8 +185,8 @@ impl Edge {
                 store: store.clone(),
                 dedup: cfg.dedup.clone(),
                 deltas,
-                budget: strait_dedup::Budget::new(flow::DEFAULT_FLOW_BUDGET),
-                idle_timeout: flow::DEFAULT_FLOW_IDLE_TIMEOUT,
+                budget: strait_dedup::Budget::new(cfg.limits.flow_budget),
+                idle_timeout: cfg.limits.flow_idle_timeout,
                 peers: Default::default(),
             },
             classifier,
@@ -584,6 +584,7 @@ async fn open_flow(
         rx_stats,
         prefix: FrameDecoder::new(),
         expect_open_ok: true,
+        budget: None,
     });
     Ok(OpenedFlow {
         stream,

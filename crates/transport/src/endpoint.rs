@@ -341,4 +341,13 @@ mod tests {
             FecMode::Fixed { k: 16, m: 4 }
         );
     }
+
+    #[test]
+    fn config_flow_budget_default_is_the_engines() {
+        // `[limits] flow_budget` unset gives the budget the engine documents as its default.
+        assert_eq!(
+            strait_config::DEFAULT_FLOW_BUDGET,
+            strait_dedup::DEFAULT_FLOW_BUDGET
+        );
+    }
 }

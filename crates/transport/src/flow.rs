@@ -13,7 +13,7 @@
 //! [`MAX_SUPPLY_BATCH`] bytes between two tunnel writes, never as one buffer the size of a want.
 //!
 //! A flow on which no byte moves in either direction (client or tunnel) for its idle timeout
-//! ([`DEFAULT_FLOW_IDLE_TIMEOUT`] unless configured) fails with [`FlowError::Idle`].
+//! (`limits.flow_idle_timeout`, default one hour) fails with [`FlowError::Idle`].
 //!
 //! Termination: each side sends `End` when its client half-closes, and finishes its QUIC send
 //! stream only when (a) its own data is all acknowledged and (b) it has delivered the peer's data
@@ -39,10 +39,6 @@ pub const READ_BUF: usize = 64 * 1024;
 /// Most supply bytes encoded between two tunnel writes: a want naming the whole window is
 /// answered in batches, never in one buffer (4 default chunks).
 pub const MAX_SUPPLY_BATCH: usize = 1 << 20;
-/// Default idle timeout of a flow: long enough for interactive sessions (SSH, database
-/// connections) that idle between commands, short enough that half-open clients and silent peers
-/// do not pin flows for ever.
-pub const DEFAULT_FLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub use strait_dedup::DEFAULT_FLOW_BUDGET;
 /// Control messages queued from the receiving half to the sending half of a flow.
 pub const FLOW_CTL_QUEUE: usize = 256;
@@ -112,8 +108,9 @@ pub struct FlowParts {
     /// The process-wide budget the pump charges its buffers to (the encoder and decoder charge
     /// theirs already).
     pub budget: Budget,
-    /// The flow fails with [`FlowError::Idle`] when no byte moves in either direction this long.
-    pub idle_timeout: Duration,
+    /// The flow fails with [`FlowError::Idle`] when no byte moves in either direction this long
+    /// (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Byte counts of one flow, for per-class statistics.
@@ -173,6 +170,9 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let last_moved = AtomicU64::new(0);
     let moved = || last_moved.store(start.elapsed().as_millis() as u64, Relaxed);
     let idle = async {
+        let Some(idle_timeout) = idle_timeout else {
+            return std::future::pending().await;
+        };
         loop {
             let at = Duration::from_millis(last_moved.load(Relaxed)) + idle_timeout;
             if start.elapsed() >= at {
@@ -462,8 +462,8 @@ pub struct Engine {
     pub deltas: Arc<crate::deltas::Deltas>,
     /// Process-wide budget of flow buffers (every flow's encoder, decoder and pump charge it).
     pub budget: Budget,
-    /// A flow on which no byte moves in either direction this long fails.
-    pub idle_timeout: Duration,
+    /// A flow on which no byte moves in either direction this long fails (`None`: never).
+    pub idle_timeout: Option<Duration>,
     /// Each peer's max chunk, learnt at connect (`Hello` / `HelloOk`).
     pub peers: PeerLimits,
 }
@@ -518,12 +518,16 @@ pub struct FlowSpec<'a> {
     pub prefix: FrameDecoder,
     /// Whether the peer's first frame must be `OpenOk`.
     pub expect_open_ok: bool,
+    /// The budget this flow charges instead of the engine's (a core gives each edge identity a
+    /// child of the process budget, `limits.edge_flow_budget`); `None`: the engine's.
+    pub budget: Option<Budget>,
 }
 
 impl Engine {
     /// The encoder, decoder and settings of one flow.
     pub fn parts(&self, spec: FlowSpec<'_>) -> FlowParts {
         let d = &self.dedup;
+        let budget = spec.budget.unwrap_or_else(|| self.budget.clone());
         let delta = d.delta && spec.policy.delta;
         let receiving = match spec.sending {
             strait_admin::Direction::Upload => strait_admin::Direction::Download,
@@ -557,7 +561,7 @@ impl Engine {
             self.deltas.index.clone(),
             self.deltas.stats(spec.route, spec.sending),
         )
-        .with_budget(&self.budget);
+        .with_budget(&budget);
         // A peer that did not announce one (none can, after a v2 Hello) is held to ours.
         let peer_max_chunk = self
             .peers
@@ -575,7 +579,7 @@ impl Engine {
             self.deltas.stats(spec.route, receiving),
         )
         .with_peer_max_chunk(peer_max_chunk)
-        .with_budget(&self.budget);
+        .with_budget(&budget);
         FlowParts {
             encoder,
             decoder,
@@ -597,7 +601,7 @@ impl Engine {
                     self.deltas.versions.clone(),
                 )
             }),
-            budget: self.budget.clone(),
+            budget,
             idle_timeout: self.idle_timeout,
         }
     }

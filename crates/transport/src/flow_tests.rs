@@ -62,7 +62,7 @@ fn parts(dir: &std::path::Path, idle_timeout: Duration, budget: &Budget) -> Flow
         rate: None,
         versions: None,
         budget: budget.clone(),
-        idle_timeout,
+        idle_timeout: Some(idle_timeout),
     }
 }
 
