@@ -737,7 +737,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one idle stream does: nothing, half an `Open`, or a whole `Open` and then nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Idle {
+enum Quiet {
     Silent,
     HalfOpen,
     OpenThenIdle,
@@ -760,18 +760,18 @@ fn idle_streams_are_closed_by_the_open_timeout_and_their_memory_returns() {
         for k in 0..IDLE_STREAMS {
             let edge = &edges[k % IDLE_CONNECTIONS];
             let kind = match k % 3 {
-                0 => Idle::Silent,
-                1 => Idle::HalfOpen,
-                _ => Idle::OpenThenIdle,
+                0 => Quiet::Silent,
+                1 => Quiet::HalfOpen,
+                _ => Quiet::OpenThenIdle,
             };
             let (mut send, mut recv) = edge.open_raw().await.unwrap();
             // A silent stream exists for the core once a later stream of its connection
             // carries a byte (QUIC opens lower-numbered streams implicitly); the last streams
             // of each connection are not silent.
             match kind {
-                Idle::Silent => {}
-                Idle::HalfOpen => send.write_all(&open[..open.len() / 2]).await.unwrap(),
-                Idle::OpenThenIdle => send.write_all(&open).await.unwrap(),
+                Quiet::Silent => {}
+                Quiet::HalfOpen => send.write_all(&open[..open.len() / 2]).await.unwrap(),
+                Quiet::OpenThenIdle => send.write_all(&open).await.unwrap(),
             }
             watchers.push((
                 kind,
@@ -808,7 +808,7 @@ fn idle_streams_are_closed_by_the_open_timeout_and_their_memory_returns() {
         (rss.current() <= rss.baseline() + NEAR_BASELINE).then_some(())
     });
     let after = rss.current();
-    for kind in [Idle::Silent, Idle::HalfOpen, Idle::OpenThenIdle] {
+    for kind in [Quiet::Silent, Quiet::HalfOpen, Quiet::OpenThenIdle] {
         let of_kind: Vec<_> = ends.iter().filter(|(k, _)| *k == kind).collect();
         let closed: Vec<f64> = of_kind
             .iter()
@@ -832,7 +832,7 @@ fn idle_streams_are_closed_by_the_open_timeout_and_their_memory_returns() {
     o.during = during;
     let not_closed = ends
         .iter()
-        .filter(|(k, e)| *k != Idle::OpenThenIdle && e.is_none())
+        .filter(|(k, e)| *k != Quiet::OpenThenIdle && e.is_none())
         .count();
     o.check();
     assert_eq!(
