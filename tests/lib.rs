@@ -16,6 +16,8 @@
 pub mod admin;
 #[path = "support/bin.rs"]
 pub mod bin;
+#[path = "support/hostile.rs"]
+pub mod hostile;
 #[path = "support/ingress.rs"]
 pub mod ingress;
 #[path = "support/origin.rs"]

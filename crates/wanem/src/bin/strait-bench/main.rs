@@ -5,6 +5,7 @@
 //! strait-bench [--quick] [--write BENCHMARKS.md] [--check bench/thresholds.toml]
 //! strait-bench --fec [--write BENCHMARKS.md]
 //! strait-bench --fec --workload bulk --method "cubic, FEC adaptive" --trace-rate   # one cell, its rate
+//! strait-bench soak --flows 1000 --minutes 10 [--slow]   # issue 14's soak, loopback, no emulator
 //! ```
 //! Site A (client + edge) and site B (origin + core) are the emulator's namespaces; every
 //! method crosses the same emulated link and is metered by the emulator's byte counters.
@@ -14,6 +15,7 @@ mod matrix;
 mod pair;
 mod procs;
 mod report;
+mod soak;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +35,9 @@ use report::Row;
     about = "WAN benchmark matrix of strait against the baselines"
 )]
 struct Cli {
+    /// A benchmark other than the matrix.
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Small sizes, one run per cell (CI regression gate; ≤ 3 minutes).
     #[arg(long)]
     quick: bool,
@@ -76,6 +81,13 @@ struct Cli {
     /// Keep the work directory (logs, configs) instead of deleting it.
     #[arg(long)]
     keep: bool,
+}
+
+/// Benchmarks with their own arguments.
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Many concurrent flows through a quickstart pair on loopback, RSS sampled (issue 14).
+    Soak(soak::Args),
 }
 
 /// A rule of the thresholds file.
@@ -132,6 +144,9 @@ fn real_main() -> Result<bool> {
         return Ok(true);
     }
     let cli = Cli::parse();
+    if let Some(Cmd::Soak(a)) = &cli.command {
+        return soak::run(a);
+    }
     if let Some(reason) = strait_wanem::skip_reason() {
         println!("skipped: {reason}");
         return Ok(true);
