@@ -16,6 +16,8 @@
 pub mod admin;
 #[path = "support/bin.rs"]
 pub mod bin;
+#[path = "support/faultkit.rs"]
+pub mod faultkit;
 #[path = "support/ingress.rs"]
 pub mod ingress;
 #[path = "support/origin.rs"]
