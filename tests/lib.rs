@@ -16,6 +16,8 @@
 pub mod admin;
 #[path = "support/bin.rs"]
 pub mod bin;
+#[path = "support/faultkit.rs"]
+pub mod faultkit;
 #[path = "support/hostile.rs"]
 pub mod hostile;
 #[path = "support/ingress.rs"]

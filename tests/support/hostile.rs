@@ -40,6 +40,8 @@ pub fn hello(key_fingerprint: [u8; 16]) -> Frame {
     Frame::Hello {
         version: PROTOCOL_VERSION,
         key_fingerprint,
+        // The quickstart configs' dedup.max_chunk: what a real edge announces.
+        max_chunk: 256 << 10,
     }
 }
 

@@ -7,7 +7,7 @@ pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use strait_admin::{Metrics, StoreSnapshot};
+use strait_admin::{ExtraFamily, Metrics, StoreSnapshot};
 use strait_config::Config;
 use strait_store::{Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +51,43 @@ pub fn init_tracing(level: &str) {
         .try_init();
 }
 
+/// The store's fault counters (`StoreSnapshot` predates them; an extra keeps its shape).
+fn store_fault_families(store: &Store) -> Vec<ExtraFamily> {
+    let st = store.stats();
+    let family = |name: &str, kind: &'static str, help: &str, v: u64| ExtraFamily {
+        name: name.into(),
+        help: help.into(),
+        kind,
+        samples: vec![(Vec::new(), v as f64)],
+    };
+    vec![
+        family(
+            "store_write_errors_total",
+            "counter",
+            "Chunk store writes that failed and were not retried successfully.",
+            st.write_errors,
+        ),
+        family(
+            "store_disk_full_total",
+            "counter",
+            "Full-disk errors that made the chunk store free a segment and retry.",
+            st.no_space_evictions,
+        ),
+        family(
+            "store_read_errors_total",
+            "counter",
+            "Chunk store reads that failed (served as misses).",
+            st.read_errors,
+        ),
+        family(
+            "store_damaged_segments",
+            "gauge",
+            "Segments found damaged when the chunk store was opened.",
+            st.damaged_segments,
+        ),
+    ]
+}
+
 /// Opens the chunk store of a config and registers its probe.
 pub fn open_store(cfg: &Config, metrics: &Metrics) -> Result<Arc<Store>, Error> {
     let store = Store::open(StoreConfig::new(
@@ -77,6 +114,8 @@ pub fn open_store(cfg: &Config, metrics: &Metrics) -> Result<Arc<Store>, Error> 
             index_bytes: st.index_bytes,
         }
     });
+    let s = store.clone();
+    metrics.add_extra(move || store_fault_families(&s));
     Ok(store)
 }
 

@@ -1,22 +1,11 @@
-//! Files of the store directory: naming, locking, scanning segments.
+//! Segment files: naming, scanning, background fsync.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
-use std::path::Path;
 use std::thread::JoinHandle;
 
 use crate::record::{self, RecordHeader, HEADER_LEN};
+use crate::vfs::SegFile;
 use crate::Error;
-
-const LOCK_NAME: &str = "LOCK";
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
 
 /// A failed background fsync only means the segment may not survive power
 /// loss, which costs misses; it is logged, not propagated into an unrelated put.
@@ -46,7 +35,7 @@ pub(crate) fn parse_seg_name(name: &str) -> Option<u32> {
 /// Walks the chain of valid record headers of a segment from offset 0 and
 /// returns where it ends (the first byte not covered by a valid record).
 pub(crate) fn scan_segment(
-    file: &File,
+    file: &SegFile,
     file_len: u64,
     mut on_record: impl FnMut(&RecordHeader, u32),
 ) -> io::Result<u64> {
@@ -66,37 +55,4 @@ pub(crate) fn scan_segment(
         off = end;
     }
     Ok(off)
-}
-
-pub(crate) fn lock_dir(dir: &Path) -> Result<File, Error> {
-    let path = dir.join(LOCK_NAME);
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    // SAFETY: flock on a file descriptor we own and keep open; no memory is shared.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        return Err(if err.kind() == io::ErrorKind::WouldBlock {
-            Error::Locked {
-                path: dir.to_path_buf(),
-            }
-        } else {
-            Error::io(&path, err)
-        });
-    }
-    Ok(f)
-}
-
-pub(crate) fn open_segment(path: &Path, create: bool) -> Result<File, Error> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io(path, e))
 }

@@ -38,6 +38,31 @@
 //! record boundaries come only from a chain of valid headers from offset 0, so
 //! chunk bytes that happen to look like a record are never parsed as one.
 //!
+//! # Faults (I/O errors, a full disk, a slow disk)
+//! Every file operation goes through one internal interface (`vfs`): on disk,
+//! or in a [`MemoryDir`] ([`Store::open_in_memory`], [`StoreOptions::memory`]:
+//! same records, eviction, verification and recovery, for fuzzing and
+//! deterministic engine tests), optionally behind a [`Faults`] hook
+//! ([`StoreOptions::with_faults`], [`FaultSwitch`]) that tests use to inject
+//! `EIO`, `ENOSPC`, torn writes and delays.
+//! * A failed **write** is an error to the caller and never reaches the
+//!   index. Its partial bytes are cut; if the cut fails too they stay as dead
+//!   space and the next append starts a new segment, so nothing is chained
+//!   after a torn record and the next open's scan stops at it.
+//! * A failed **read** in `get` is a miss (`read_errors`, `misses`), never
+//!   bytes; the entry is kept, as the error may be transient.
+//! * A **full disk** (`ENOSPC`/`EDQUOT`): the first one of an episode cuts the
+//!   partial record, frees the oldest segment (rolling the head first when it
+//!   is the only one) and retries the write once (`no_space_evictions`). If it
+//!   still fails, it and every later write fail cleanly, without evicting more,
+//!   until a write succeeds again; reads keep working throughout. So a store
+//!   on a disk smaller than `max_bytes` behaves as a cache bounded by the disk.
+//! * A failed **fsync** is returned by [`Store::flush`]; a failed background
+//!   fsync of a rolled segment is logged (it costs misses after power loss).
+//! * A failed **open** (of the directory, lock, peer table or a segment) is an
+//!   error naming the file. Damage found at open is counted
+//!   (`damaged_segments`), never silently skipped.
+//!
 //! # Durability
 //! The head segment is fsynced when it is rolled (by a background thread, so
 //! the lock is not held across it; one at a time) and on [`Store::flush`]; new
@@ -83,8 +108,10 @@ mod index;
 mod peers;
 pub mod record;
 mod store;
+mod vfs;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use peers::{decode_peer_table, encode_peer_table, MAX_PEERS, MAX_PEER_NAME_LEN};
 pub use record::{
@@ -92,6 +119,7 @@ pub use record::{
     HEADER_LEN, MAX_CHUNK_BYTES, MAX_RECORD_BYTES,
 };
 pub use store::Store;
+pub use vfs::{FaultKind, FaultSwitch, Faults, Injected, IoOp, MemoryDir};
 
 /// A chunk id: keyed BLAKE3 of the chunk bytes.
 pub type RawId = [u8; 32];
@@ -141,6 +169,38 @@ impl StoreConfig {
     }
 }
 
+/// How a store is opened, beyond its [`StoreConfig`]: on disk (the default)
+/// or in a [`MemoryDir`], and with an optional fault-injection hook.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    pub(crate) memory: Option<MemoryDir>,
+    pub(crate) faults: Option<Arc<dyn Faults>>,
+}
+
+impl StoreOptions {
+    /// On disk, in `StoreConfig::path`, with no hook.
+    pub fn disk() -> Self {
+        StoreOptions::default()
+    }
+
+    /// In `dir` instead of on disk; `StoreConfig::path` is then only a label
+    /// in errors and logs. Same record format, eviction, verification and
+    /// recovery rules as on disk; nothing is durable beyond `dir`'s clones.
+    pub fn memory(dir: MemoryDir) -> Self {
+        StoreOptions {
+            memory: Some(dir),
+            faults: None,
+        }
+    }
+
+    /// Routes every file operation through `faults` first (tests: I/O
+    /// errors, a full disk, a slow disk).
+    pub fn with_faults(mut self, faults: Arc<dyn Faults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+}
+
 /// A peer's slot: its bit in every entry's peer set. Stable across restarts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerSlot(u8);
@@ -183,6 +243,19 @@ pub struct StoreStats {
     pub copied_forward: u64,
     /// Approximate heap bytes of the index.
     pub index_bytes: u64,
+    /// `get` calls whose read failed (counted as misses too; the entry is
+    /// kept, the error may be transient).
+    pub read_errors: u64,
+    /// Writes that failed and were reported to the caller (a `put`,
+    /// `mark_peer`, copy-forward or peer-set change that did not persist).
+    pub write_errors: u64,
+    /// Times a full disk (`ENOSPC`/`EDQUOT`) made the store free a segment
+    /// and retry the write.
+    pub no_space_evictions: u64,
+    /// Segments whose chain of valid record headers broke before the end of
+    /// the file when the store was opened (a damaged header or a torn
+    /// append); the records after the break were not indexed.
+    pub damaged_segments: u64,
 }
 
 /// Errors of the chunk store.

@@ -7,10 +7,7 @@
 //! Replaced atomically (write temp file, fsync, rename, fsync directory) so a
 //! crash leaves either the old or the new table, never a torn one.
 
-use std::fs;
-use std::io::Write;
-use std::path::Path;
-
+use crate::vfs::{Small, Vfs};
 use crate::Error;
 
 /// Most distinct peers a store tracks (one bit each in a `u64` mask).
@@ -84,34 +81,19 @@ pub fn decode_peer_table(buf: &[u8]) -> Result<Vec<String>, Error> {
 }
 
 /// Reads the table. `Ok(None)` when the file does not exist.
-pub(crate) fn load(dir: &Path) -> Result<Option<Result<Vec<String>, Error>>, Error> {
-    let path = dir.join(FILE_NAME);
-    let meta = match fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    // Checked before reading so a huge stray file cannot make us allocate it.
-    if meta.len() > MAX_PEER_TABLE_BYTES as u64 {
-        return Ok(Some(Err(Error::PeerTableInvalid {
+pub(crate) fn load(vfs: &Vfs) -> Result<Option<Result<Vec<String>, Error>>, Error> {
+    Ok(match vfs.read_small(FILE_NAME, MAX_PEER_TABLE_BYTES)? {
+        Small::Missing => None,
+        Small::TooLarge => Some(Err(Error::PeerTableInvalid {
             reason: "file larger than the largest valid table",
-        })));
-    }
-    let buf = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    Ok(Some(decode_peer_table(&buf)))
+        })),
+        Small::Bytes(buf) => Some(decode_peer_table(&buf)),
+    })
 }
 
 /// Atomically replaces the table with `names`.
-pub(crate) fn store(dir: &Path, names: &[String]) -> Result<(), Error> {
-    let tmp = dir.join(TMP_NAME);
-    let path = dir.join(FILE_NAME);
-    let bytes = encode_peer_table(names);
-    let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-    crate::files::sync_dir(dir)
+pub(crate) fn store(vfs: &Vfs, names: &[String]) -> Result<(), Error> {
+    vfs.replace(FILE_NAME, TMP_NAME, &encode_peer_table(names))
 }
 
 #[cfg(test)]

@@ -1,9 +1,7 @@
 //! The `Store`: index, segment files, eviction, recovery.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,14 +12,13 @@ use bytes::Bytes;
 use crate::peers::{self, MAX_PEERS, MAX_PEER_NAME_LEN};
 use crate::record::{self, RecordHeader, RecordKind, HEADER_LEN, MAX_CHUNK_BYTES};
 use crate::{
-    Error, PeerSlot, RawId, StoreConfig, StoreStats, MAX_SEGMENTS, MAX_SEGMENT_BYTES,
-    MAX_STORE_BYTES, MIN_SEGMENT_BYTES, MIN_STORE_BYTES, SEGMENT_TARGET_COUNT,
+    Error, MemoryDir, PeerSlot, RawId, StoreConfig, StoreOptions, StoreStats, MAX_SEGMENTS,
+    MAX_SEGMENT_BYTES, MAX_STORE_BYTES, MIN_SEGMENT_BYTES, MIN_STORE_BYTES, SEGMENT_TARGET_COUNT,
 };
 
-use crate::files::{
-    finish_sync, lock_dir, open_segment, parse_seg_name, scan_segment, seg_name, sync_dir,
-};
+use crate::files::{finish_sync, parse_seg_name, scan_segment, seg_name};
 use crate::index::{id_key, Entry, IdKey, Index};
+use crate::vfs::{is_no_space, DirLock, SegFile, Vfs};
 
 enum Verdict {
     Good,
@@ -30,7 +27,7 @@ enum Verdict {
 }
 
 struct Segment {
-    file: Arc<File>,
+    file: Arc<SegFile>,
     len: u64,
 }
 
@@ -46,11 +43,19 @@ struct Inner {
     peers: Vec<String>,
     /// fsync of the previous head, run off the lock (see `roll`).
     pending_sync: Option<JoinHandle<Result<(), Error>>>,
+    /// The head's file may hold bytes past `len` that could not be cut (a
+    /// failed append whose truncate failed too): roll before the next append
+    /// so nothing is ever written after them.
+    head_dirty: bool,
+    /// A full disk was met and freeing a segment did not help: later writes
+    /// fail without evicting more until one succeeds (the episode's end), so a
+    /// disk that stays full cannot empty the store one segment per put.
+    disk_full: bool,
 }
 
 /// The chunk store. `Send + Sync`; share it with an `Arc`.
 pub struct Store {
-    dir: PathBuf,
+    vfs: Vfs,
     key: [u8; 32],
     max_bytes: u64,
     segment_bytes: u64,
@@ -62,14 +67,18 @@ pub struct Store {
     segments_evicted: AtomicU64,
     corrupt_dropped: AtomicU64,
     copied_forward: AtomicU64,
+    read_errors: AtomicU64,
+    write_errors: AtomicU64,
+    no_space_evictions: AtomicU64,
+    damaged_segments: u64,
     /// Held for its `flock`; released when the store is dropped.
-    _lock: File,
+    _lock: DirLock,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("dir", &self.dir)
+            .field("dir", &self.vfs.dir())
             .field("max_bytes", &self.max_bytes)
             .field("segment_bytes", &self.segment_bytes)
             .finish_non_exhaustive()
@@ -80,6 +89,21 @@ impl Store {
     /// Opens (creating if needed) the store in `cfg.path` and rebuilds the
     /// index from the segment files.
     pub fn open(cfg: StoreConfig) -> Result<Store, Error> {
+        Store::open_with(cfg, StoreOptions::disk())
+    }
+
+    /// A fresh store in memory: the same rules as on disk, nothing durable.
+    /// For fuzzing and deterministic engine tests.
+    pub fn open_in_memory(max_bytes: u64, key: [u8; 32]) -> Result<Store, Error> {
+        Store::open_with(
+            StoreConfig::new("<memory>", max_bytes, key),
+            StoreOptions::memory(MemoryDir::new()),
+        )
+    }
+
+    /// Opens the store as `opts` say (on disk or in memory, with or without a
+    /// fault hook) and rebuilds the index from the segment files.
+    pub fn open_with(cfg: StoreConfig, opts: StoreOptions) -> Result<Store, Error> {
         if !(MIN_STORE_BYTES..=MAX_STORE_BYTES).contains(&cfg.max_bytes) {
             return Err(Error::MaxBytes {
                 value: cfg.max_bytes,
@@ -92,42 +116,30 @@ impl Store {
         let segment_bytes = cfg.segment_bytes.clamp(lower, upper.max(lower));
         let max_chunk = MAX_CHUNK_BYTES.min(segment_bytes as usize - HEADER_LEN);
 
-        let dir = cfg.path;
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let lock = lock_dir(&dir)?;
-
-        let mut seg_ids = Vec::new();
-        let listing = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        for ent in listing {
-            let ent = ent.map_err(|e| Error::io(&dir, e))?;
-            if let Some(n) = ent.file_name().to_str().and_then(parse_seg_name) {
-                // A directory (or other non-file) with a segment's name is
-                // foreign: skip it rather than fail on it.
-                if ent.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                    seg_ids.push(n);
-                }
-            }
-        }
-        seg_ids.sort_unstable();
+        let vfs = match opts.memory {
+            Some(mem) => Vfs::memory(cfg.path, mem, opts.faults),
+            None => Vfs::disk(cfg.path, opts.faults),
+        };
+        let lock = vfs.create_and_lock()?;
+        let mut seg_ids = vfs.list(parse_seg_name)?;
 
         // Peer bits in the segments are only meaningful under the table that
         // assigned them; without it, drop the segments (see crate doc).
-        let peers = match peers::load(&dir)? {
+        let peers = match peers::load(&vfs)? {
             Some(Ok(names)) => names,
             other => {
                 if !seg_ids.is_empty() {
                     tracing::warn!(
-                        dir = %dir.display(),
+                        dir = %vfs.dir().display(),
                         problem = ?other.and_then(Result::err).map(|e| e.to_string()),
                         segments = seg_ids.len(),
                         "chunk store peer table missing or invalid; resetting the store"
                     );
                     for n in seg_ids.drain(..) {
-                        let p = dir.join(seg_name(n));
-                        fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                        vfs.remove(&seg_name(n))?;
                     }
                 }
-                peers::store(&dir, &[])?;
+                peers::store(&vfs, &[])?;
                 Vec::new()
             }
         };
@@ -141,12 +153,15 @@ impl Store {
             cold_upto: 0,
             peers,
             pending_sync: None,
+            head_dirty: false,
+            disk_full: false,
         };
+        let mut damaged_segments = 0;
         let last = seg_ids.last().copied();
         for &n in &seg_ids {
-            let path = dir.join(seg_name(n));
-            let file = open_segment(&path, false)?;
-            let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+            let path = vfs.path(&seg_name(n));
+            let file = vfs.open(&seg_name(n), false)?;
+            let file_len = file.len().map_err(|e| Error::io(&path, e))?;
             let idx = &mut inner.index;
             let end = scan_segment(&file, file_len, |h, off| match h.kind {
                 RecordKind::Chunk => {
@@ -169,11 +184,18 @@ impl Store {
             .map_err(|e| Error::io(&path, e))?;
             let mut len = file_len;
             if end < file_len {
+                damaged_segments += 1;
                 if Some(n) == last {
                     // Torn append: cut it so new records follow valid ones.
                     tracing::warn!(segment = n, valid = end, file_len, "truncating torn tail");
-                    file.set_len(end).map_err(|e| Error::io(&path, e))?;
-                    len = end;
+                    match file.set_len(end) {
+                        Ok(()) => len = end,
+                        // Left as dead space; the next append starts a new head.
+                        Err(err) => {
+                            tracing::warn!(segment = n, %err, "cannot truncate torn tail");
+                            inner.head_dirty = true;
+                        }
+                    }
                 } else {
                     tracing::warn!(segment = n, valid = end, file_len, "damaged segment tail");
                 }
@@ -192,7 +214,7 @@ impl Store {
         inner.live_bytes = inner.index.values().map(Entry::record_len).sum();
 
         let store = Store {
-            dir,
+            vfs,
             key: cfg.key,
             max_bytes: cfg.max_bytes,
             segment_bytes,
@@ -204,6 +226,10 @@ impl Store {
             segments_evicted: AtomicU64::new(0),
             corrupt_dropped: AtomicU64::new(0),
             copied_forward: AtomicU64::new(0),
+            read_errors: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            no_space_evictions: AtomicU64::new(0),
+            damaged_segments,
             _lock: lock,
         };
         {
@@ -226,7 +252,7 @@ impl Store {
     }
 
     fn seg_path(&self, n: u32) -> PathBuf {
-        self.dir.join(seg_name(n))
+        self.vfs.path(&seg_name(n))
     }
 
     /// The slot for `peer_name`, assigning and persisting a new one on first use.
@@ -250,7 +276,7 @@ impl Store {
         let mut names = inner.peers.clone();
         names.push(peer_name.to_owned());
         // Durable before any record can carry the new bit.
-        peers::store(&self.dir, &names)?;
+        peers::store(&self.vfs, &names)?;
         inner.peers = names;
         Ok(PeerSlot((inner.peers.len() - 1) as u8))
     }
@@ -291,7 +317,14 @@ impl Store {
                 self.drop_corrupt(id, e);
                 return Ok(None);
             }
-            Err(err) => return Err(Error::io(&self.seg_path(e.seg), err)),
+            Err(err) => {
+                // A failed read is a miss, never bytes; the entry stays (the
+                // error may be transient) and is dropped if it reads back wrong.
+                tracing::warn!(segment = { e.seg }, offset = { e.off }, %err, "chunk read failed");
+                self.read_errors.fetch_add(1, Relaxed);
+                self.misses.fetch_add(1, Relaxed);
+                return Ok(None);
+            }
         }
         match self.verify(id, &e, &buf) {
             Verdict::Good => {}
@@ -447,6 +480,10 @@ impl Store {
             corrupt_dropped: self.corrupt_dropped.load(Relaxed),
             copied_forward: self.copied_forward.load(Relaxed),
             index_bytes: (buckets * bucket_bytes) as u64,
+            read_errors: self.read_errors.load(Relaxed),
+            write_errors: self.write_errors.load(Relaxed),
+            no_space_evictions: self.no_space_evictions.load(Relaxed),
+            damaged_segments: self.damaged_segments,
         }
     }
 
@@ -510,14 +547,76 @@ impl Store {
         Ok(())
     }
 
-    /// Appends one record to the head; returns its (segment, offset).
+    /// Appends one record to the head; returns its (segment, offset). A
+    /// failure is counted and returned; the index is never touched by a
+    /// failed append, and a full disk gets one eviction and one retry.
     fn append(
         &self,
         inner: &mut Inner,
         header: &[u8],
         payload: &[u8],
     ) -> Result<(u32, u32), Error> {
+        let first = self.try_append(inner, header, payload);
+        let result = match first {
+            Err(err) if is_no_space(&err) && !inner.disk_full => {
+                inner.disk_full = true;
+                if self.free_a_segment(inner) {
+                    self.no_space_evictions.fetch_add(1, Relaxed);
+                    tracing::warn!(%err, "disk full: evicted the oldest segment, retrying");
+                    self.try_append(inner, header, payload)
+                } else {
+                    Err(err)
+                }
+            }
+            other => other,
+        };
+        match &result {
+            Ok(_) => inner.disk_full = false,
+            Err(_) => {
+                self.write_errors.fetch_add(1, Relaxed);
+            }
+        }
+        result
+    }
+
+    /// On a full disk: frees the oldest segment for a retry. When the head is
+    /// the only segment it is rolled first, so it can be the one freed.
+    /// `false` when nothing could be freed.
+    fn free_a_segment(&self, inner: &mut Inner) -> bool {
+        if inner.segments.len() == 1 && inner.segments.get(&inner.head).is_some_and(|s| s.len > 0) {
+            if let Err(err) = self.roll(inner) {
+                tracing::warn!(%err, "disk full: cannot start a new segment");
+                return false;
+            }
+        }
+        // The old head's background fsync holds the file open; a deleted
+        // file's space only returns when its last descriptor closes.
+        if let Some(prev) = inner.pending_sync.take() {
+            finish_sync(prev);
+        }
+        match inner.segments.keys().next().copied() {
+            Some(oldest) if oldest != inner.head => match self.evict(inner, oldest) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(%err, "disk full: cannot evict a segment");
+                    false
+                }
+            },
+            _ => false,
+        }
+    }
+
+    fn try_append(
+        &self,
+        inner: &mut Inner,
+        header: &[u8],
+        payload: &[u8],
+    ) -> Result<(u32, u32), Error> {
         let n = (header.len() + payload.len()) as u64;
+        if inner.head_dirty {
+            self.roll(inner)?;
+            inner.head_dirty = false;
+        }
         self.make_room(inner, n)?;
         let head = inner.head;
         let path = self.seg_path(head);
@@ -532,8 +631,16 @@ impl Store {
             .and_then(|()| seg.file.write_all_at(payload, off + header.len() as u64));
         if let Err(err) = written {
             // Cut the partial record so the next append is not stranded
-            // behind it; if even that fails, the next open's scan will.
-            let _ = seg.file.set_len(off);
+            // behind it. If even that fails, its bytes stay as dead space
+            // (counted, so the budget holds) and the next append starts a
+            // new head: nothing is ever chained after a torn record, so the
+            // next open's scan stops at it.
+            if let Err(cut) = seg.file.set_len(off) {
+                tracing::warn!(%cut, "cannot cut a failed append");
+                seg.len += n;
+                inner.total_bytes += n;
+                inner.head_dirty = true;
+            }
             return Err(Error::io(&path, err));
         }
         seg.len += n;
@@ -589,10 +696,10 @@ impl Store {
 
     fn create_segment(&self, inner: &mut Inner, n: u32) -> Result<(), Error> {
         let path = self.seg_path(n);
-        let file = open_segment(&path, true)?;
+        let file = self.vfs.open(&seg_name(n), true)?;
         // A stray file may already sit at that name; it is ours now.
         file.set_len(0).map_err(|e| Error::io(&path, e))?;
-        sync_dir(&self.dir)?;
+        self.vfs.sync_dir()?;
         inner.segments.insert(
             n,
             Segment {
@@ -605,7 +712,6 @@ impl Store {
     }
 
     fn evict(&self, inner: &mut Inner, victim: u32) -> Result<(), Error> {
-        let path = self.seg_path(victim);
         let Some(seg) = inner.segments.get(&victim) else {
             return Ok(());
         };
@@ -614,17 +720,20 @@ impl Store {
         // Re-reading the victim's headers finds its entries without keeping a
         // per-segment id list in memory.
         let mut gone = Vec::new();
-        let end = scan_segment(&file, len, |h, off| {
+        let scanned = scan_segment(&file, len, |h, off| {
             if h.kind == RecordKind::Chunk {
                 gone.push((h.id, off));
             }
-        })
-        .map_err(|e| Error::io(&path, e))?;
-        fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        });
+        if let Err(err) = &scanned {
+            tracing::warn!(segment = victim, %err, "cannot read an evicted segment's headers");
+        }
+        self.vfs.remove(&seg_name(victim))?;
         let mut evicted = 0;
-        if end < len {
-            // The file was damaged after open, so the scan cannot reach every
-            // record the index points at: sweep the whole index instead.
+        if scanned.map_or(true, |end| end < len) {
+            // The file was damaged after open (or cannot be read), so the scan
+            // cannot reach every record the index points at: sweep the whole
+            // index instead.
             let before = inner.index.len();
             let mut freed = 0;
             inner.index.retain(|_, e| {

@@ -8,25 +8,10 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use strait_store::{Error, PeerSlot, RawId, Store, StoreConfig, HEADER_LEN};
+use strait_store::{Error, MemoryDir, PeerSlot, RawId, Store, StoreOptions, HEADER_LEN};
 
-const KEY: [u8; 32] = [0x5a; 32];
-
-fn chunk(seed: u64, len: usize) -> (RawId, Vec<u8>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut data = vec![0u8; len];
-    rng.fill_bytes(&mut data);
-    (*blake3::keyed_hash(&KEY, &data).as_bytes(), data)
-}
-
-fn cfg(dir: &Path, max_bytes: u64, segment_bytes: u64) -> StoreConfig {
-    StoreConfig {
-        path: dir.to_path_buf(),
-        max_bytes,
-        segment_bytes,
-        key: KEY,
-    }
-}
+mod common;
+use common::{cfg, chunk};
 
 fn open(dir: &Path) -> Store {
     Store::open(cfg(dir, 64 << 20, 1 << 20)).unwrap()
@@ -534,12 +519,17 @@ proptest! {
 
     /// With a large budget the store equals the model exactly; with a small one
     /// (evictions) it may forget, but never returns wrong bytes or serves a peer
-    /// that the model says lacks the chunk.
+    /// that the model says lacks the chunk. On disk and in memory alike.
     #[test]
-    fn store_matches_a_model_across_reopens(ops in proptest::collection::vec(op(), 1..60), small in any::<bool>()) {
+    fn store_matches_a_model_across_reopens(ops in proptest::collection::vec(op(), 1..60), small in any::<bool>(), memory in any::<bool>()) {
         let dir = tempfile::tempdir().unwrap();
+        let mem = MemoryDir::new();
         let config = || cfg(dir.path(), if small { 64 * 1024 } else { 64 << 20 }, 16 * 1024);
-        let mut store = Store::open(config()).unwrap();
+        let reopen = || {
+            let opts = if memory { StoreOptions::memory(mem.clone()) } else { StoreOptions::disk() };
+            Store::open_with(config(), opts).unwrap()
+        };
+        let mut store = reopen();
         let slots = |s: &Store| -> Vec<PeerSlot> {
             (0..3).map(|i| s.peer_slot(&format!("peer-{i}")).unwrap()).collect()
         };
@@ -584,7 +574,7 @@ proptest! {
                 }
                 Op::Reopen => {
                     drop(store);
-                    store = Store::open(config()).unwrap();
+                    store = reopen();
                     let again = slots(&store);
                     prop_assert_eq!(&again, &ps);
                     ps = again;
