@@ -8,7 +8,7 @@
 //! sketch index, and record-aligned format cuts are off). A second configuration, zstd-1 with
 //! delta off, is the one earlier versions of this bench measured.
 //!
-//! The harness drives the encoder the way the transport's pump does: 256 KiB client reads, the
+//! The harness drives the encoder the way the transport's pump does: 64 KiB client reads, the
 //! frame buffer written out (here: counted) and cleared after every read, and the receiver's
 //! acknowledgements applied one read later (so every chunk is held until acknowledged, as the
 //! miss path needs, and freed then, as in a running flow).
@@ -37,7 +37,7 @@ use strait_wire::FrameDecoder;
 const KEY: [u8; 32] = [3; 32];
 const SIZE: usize = 32 << 20;
 /// The transport's client read size (`strait_transport::flow::READ_BUF`).
-const READ: usize = 256 << 10;
+const READ: usize = 64 << 10;
 
 /// CPU time consumed by the calling thread (user and system).
 struct ThreadCpu;

@@ -29,6 +29,33 @@
 //!   through its store slot). The receiver hashes every rebuilt chunk and delivers nothing of a
 //!   run unless the digest of those ids matches; otherwise it wants the digest and the sender,
 //!   which holds the run's chunks until acknowledged, supplies each of them.
+//!
+//! Hostile-peer invariants (issue 14):
+//! - Wants are answered at their cause: every wanted id must name a held item, is queued once
+//!   however often a `Want` repeats it, and is supplied at most once until that item is
+//!   acknowledged ([`MAX_VERIFY_ATTEMPTS`] times in all for a receiver re-asking after a failed
+//!   verification, then [`Error::RepeatedWant`]). Supplies are emitted one chunk per
+//!   [`FlowEncoder::poll_supply`], never into one buffer sized by the want. The store's peer
+//!   marks change at most once per held item: forgotten when supplied, marked again only once
+//!   the peer acknowledged the supplied copy.
+//! - Every entry either side holds (receive-queue slot, held item, queued supply, want) counts
+//!   its bytes, at least [`MIN_SLOT_BYTES`] ([`FlowDecoder::held_bytes`],
+//!   [`FlowEncoder::held_bytes`]); the receiver's bound, twice the window plus the peer's max
+//!   chunk, applies to that count, and exceeding it is [`Error::WindowExceeded`].
+//! - Waiting slots are found through maps keyed by chunk id or run digest, never by scanning the
+//!   queue: any frame costs work linear in its own size.
+//! - A chunk the peer sends is at most the `max_chunk` it announced at connect
+//!   ([`FlowDecoder::with_peer_max_chunk`]), on every path: literal, supply, delta, part,
+//!   reference, run item.
+//! - A delta run loads each chunk it names once; every item's bytes, `Same` items included,
+//!   count against [`run::MAX_RUN_LOGICAL_BYTES`] and the room left in the queue before more is
+//!   loaded; supplies collected for a failed run count in the queue.
+//! - A chunk completing previews is checked against the previewed bytes even when a previewed
+//!   `Part` was lost: the check waits for the part's supply, and the chunk's bytes after the
+//!   previews are delivered only once it passed.
+//! - Both halves charge what they hold to a process-wide [`Budget`] and release it on drop; an
+//!   exhausted budget stops the encoder reading its client once the flow holds more than one
+//!   maximal chunk (backpressure, never failure); a decoder charges but never blocks.
 
 pub mod budget;
 mod decoder;
