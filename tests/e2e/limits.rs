@@ -111,6 +111,40 @@ fn resets(pair: &Pair, reason: &str) -> u64 {
         as u64
 }
 
+/// Everything a test needs: runtime, origin, the pair (core with small limits, edge-a up) and
+/// edge-b's config.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    // Field order is drop order: the pair's processes stop before the origin does.
+    pair: Pair,
+    _origin: Origin,
+    cfg_b: strait_config::Config,
+}
+
+fn setup() -> Setup {
+    let rt = rt();
+    let origin = rt.block_on(Origin::start()).unwrap();
+    let (pair, cfg_b) = pair_with_limits(origin.addr);
+    Setup {
+        rt,
+        pair,
+        _origin: origin,
+        cfg_b,
+    }
+}
+
+impl Setup {
+    /// edge-a, never limited, still carries a transfer byte-exact.
+    fn other_edge_carries(&self, seed: u64) {
+        let len = 4 << 20;
+        let t = self
+            .rt
+            .block_on(origin::upload(self.pair.forward(), seed, len))
+            .unwrap();
+        assert_eq!(t.hash, seeded::hash(seed, len));
+    }
+}
+
 fn client(cfg: &strait_config::Config) -> quinn::Endpoint {
     let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     ep.set_default_client_config(
@@ -122,20 +156,18 @@ fn client(cfg: &strait_config::Config) -> quinn::Endpoint {
 #[test]
 fn core_refuses_connections_beyond_the_per_edge_cap_naming_the_limit() {
     let _l = light();
-    let rt = rt();
-    let origin = rt.block_on(Origin::start()).unwrap();
-    let (pair, cfg_b) = pair_with_limits(origin.addr);
+    let st = setup();
+    let (rt, pair, cfg_b) = (&st.rt, &st.pair, &st.cfg_b);
     let core = pair.core().tunnel;
     rt.block_on(async {
-        let ep = client(&cfg_b);
+        let ep = client(cfg_b);
         let mut held = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
-            held.push(connect(&ep, core, &cfg_b).await.expect("within the cap"));
+            held.push(connect(&ep, core, cfg_b).await.expect("within the cap"));
         }
-        let refused = connect(&ep, core, &cfg_b)
+        let refused = connect(&ep, core, cfg_b)
             .await
-            .err()
-            .expect("a connection beyond the cap was admitted");
+            .expect_err("a connection beyond the cap was admitted");
         match &refused {
             quinn::ConnectionError::ApplicationClosed(c) => {
                 assert_eq!(c.error_code, quinn::VarInt::from_u32(5), "{c:?}");
@@ -153,7 +185,7 @@ fn core_refuses_connections_beyond_the_per_edge_cap_naming_the_limit() {
         conn.close(0u32.into(), b"done");
         let deadline = Instant::now() + Duration::from_secs(10);
         let again = loop {
-            match connect(&ep, core, &cfg_b).await {
+            match connect(&ep, core, cfg_b).await {
                 Ok(c) => break c,
                 Err(e) if Instant::now() > deadline => panic!("slot never freed: {e:?}"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -161,25 +193,21 @@ fn core_refuses_connections_beyond_the_per_edge_cap_naming_the_limit() {
         };
         held.push(again);
     });
-    assert!(resets(&pair, "connections_per_edge") >= 1);
+    assert!(resets(pair, "connections_per_edge") >= 1);
     // The other edge identity was never limited: its transfer is byte-exact.
-    let t = rt
-        .block_on(origin::upload(pair.forward(), 21, 4 << 20))
-        .unwrap();
-    assert_eq!(t.hash, seeded::hash(21, 4 << 20));
+    st.other_edge_carries(21);
 }
 
 #[test]
 fn core_resets_flows_beyond_the_per_edge_cap_across_connections() {
     let _l = light();
-    let rt = rt();
-    let origin = rt.block_on(Origin::start()).unwrap();
-    let (pair, cfg_b) = pair_with_limits(origin.addr);
+    let st = setup();
+    let (rt, pair, cfg_b) = (&st.rt, &st.pair, &st.cfg_b);
     let core = pair.core().tunnel;
     rt.block_on(async {
-        let ep = client(&cfg_b);
-        let (c1, _s1, _r1) = connect(&ep, core, &cfg_b).await.unwrap();
-        let (c2, _s2, _r2) = connect(&ep, core, &cfg_b).await.unwrap();
+        let ep = client(cfg_b);
+        let (c1, _s1, _r1) = connect(&ep, core, cfg_b).await.unwrap();
+        let (c2, _s2, _r2) = connect(&ep, core, cfg_b).await.unwrap();
         // MAX_FLOWS flows spread over both connections are admitted...
         let mut flows = Vec::new();
         for i in 0..MAX_FLOWS {
@@ -210,23 +238,19 @@ fn core_resets_flows_beyond_the_per_edge_cap_across_connections() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    assert!(resets(&pair, "flows_per_edge") >= 1);
-    let t = rt
-        .block_on(origin::upload(pair.forward(), 22, 4 << 20))
-        .unwrap();
-    assert_eq!(t.hash, seeded::hash(22, 4 << 20));
+    assert!(resets(pair, "flows_per_edge") >= 1);
+    st.other_edge_carries(22);
 }
 
 #[test]
 fn stream_without_a_whole_open_is_reset_after_the_open_timeout() {
     let _l = light();
-    let rt = rt();
-    let origin = rt.block_on(Origin::start()).unwrap();
-    let (pair, cfg_b) = pair_with_limits(origin.addr);
+    let st = setup();
+    let (rt, pair, cfg_b) = (&st.rt, &st.pair, &st.cfg_b);
     let core = pair.core().tunnel;
     let waited = rt.block_on(async {
-        let ep = client(&cfg_b);
-        let (conn, _s, _r) = connect(&ep, core, &cfg_b).await.unwrap();
+        let ep = client(cfg_b);
+        let (conn, _s, _r) = connect(&ep, core, cfg_b).await.unwrap();
         // Half an Open: the stream exists at the core but its first frame never completes.
         let mut out = BytesMut::new();
         Frame::Open {
@@ -249,11 +273,8 @@ fn stream_without_a_whole_open_is_reset_after_the_open_timeout() {
         "reset after {waited:?}, open_timeout is {OPEN_TIMEOUT:?}"
     );
     poll("open_timeout counted", Duration::from_secs(5), || {
-        (resets(&pair, "open_timeout") == 1).then_some(())
+        (resets(pair, "open_timeout") == 1).then_some(())
     })
     .unwrap();
-    let t = rt
-        .block_on(origin::upload(pair.forward(), 23, 4 << 20))
-        .unwrap();
-    assert_eq!(t.hash, seeded::hash(23, 4 << 20));
+    st.other_edge_carries(23);
 }
