@@ -268,6 +268,7 @@ fn stream_without_a_whole_open_is_reset_after_the_open_timeout() {
         assert!(err.contains("reset"), "{err}");
         t0.elapsed()
     });
+    println!("half an Open was reset after {waited:?} (open_timeout {OPEN_TIMEOUT:?})");
     assert!(
         waited >= OPEN_TIMEOUT - Duration::from_millis(200) && waited < OPEN_TIMEOUT * 4,
         "reset after {waited:?}, open_timeout is {OPEN_TIMEOUT:?}"
