@@ -726,7 +726,7 @@ impl strait_http::Connector for TunnelConnector {
                 }
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
-            // A refusal above is a clean answer, not a failure of the stream.
+            // Not a duplex: its far end dropping would read as a clean EOF to hyper.
             let (near, mut far) = pipe::pipe(HTTP_PIPE_BUF);
             let sh2 = sh.clone();
             let metrics = sh.metrics.clone();

@@ -169,6 +169,71 @@ mod tests {
         assert_eq!(buf, b"complete");
     }
 
+    /// A connected (server, client) pair of loopback QUIC connections with fresh certificates.
+    async fn quic_pair(dir: &std::path::Path) -> (quinn::Connection, quinn::Connection) {
+        crate::certs::generate(dir, &["localhost".into()], &["edge-a".into()], false).unwrap();
+        let (cc, ck) = crate::certs::core_files("localhost");
+        let text = format!(
+            "[tls]\nca = \"{d}/ca.pem\"\ncert = \"{d}/{cc}\"\nkey = \"{d}/{ck}\"\n\
+             [dedup]\nkey = \"{k}\"\n[store]\npath = \"{d}/store\"\n\
+             [core]\nlisten = \"127.0.0.1:0\"\n[[core.service]]\nname = \"a\"\nupstream = \"127.0.0.1:1\"\n",
+            d = dir.display(),
+            k = "00".repeat(32),
+        );
+        let cfg = strait_config::parse(&text, std::path::Path::new("t.toml"), false).unwrap();
+        let stats = std::sync::Arc::new(strait_fec::FecStats::default());
+        let server = crate::endpoint::server_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &cfg.tls,
+            &cfg.tunnel,
+            stats.clone(),
+        )
+        .unwrap();
+        let (ec, ek) = crate::certs::edge_files("edge-a");
+        let edge_tls = strait_config::Tls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(ec),
+            key: dir.join(ek),
+        };
+        let addr = server.local_addr().unwrap();
+        let client = crate::endpoint::client_endpoint(addr, &edge_tls, &cfg.tunnel, stats).unwrap();
+        let connecting = client.connect(addr, "localhost").unwrap();
+        let (s, c) = tokio::join!(
+            async { server.accept().await.unwrap().await.unwrap() },
+            connecting
+        );
+        (s, c.unwrap())
+    }
+
+    #[tokio::test]
+    async fn armed_stream_guard_resets_and_disarmed_one_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, client) = quic_pair(dir.path()).await;
+        for disarm in [false, true] {
+            let (mut cs, mut cr) = client.open_bi().await.unwrap();
+            cs.write_all(b"open").await.unwrap();
+            let (ss, mut sr) = server.accept_bi().await.unwrap();
+            let mut got = [0u8; 4];
+            sr.read_exact(&mut got).await.unwrap();
+            let mut g = StreamGuard::new(ss, sr);
+            g.send.write_all(b"partial").await.unwrap();
+            if disarm {
+                g.send.finish().unwrap();
+                g.disarm();
+            }
+            drop(g);
+            let read = cr.read_to_end(1 << 20).await;
+            match (disarm, read) {
+                (true, Ok(b)) => assert_eq!(b, b"partial"),
+                (false, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)))) => {
+                    assert_eq!(code, quinn::VarInt::from_u32(crate::flow::RESET_CODE))
+                }
+                (d, r) => panic!("disarmed {d}: {r:?}"),
+            }
+            let _ = cs.finish();
+        }
+    }
+
     #[tokio::test]
     async fn panicking_flow_is_counted_and_its_client_reset() {
         let metrics = strait_admin::Metrics::new("edge");
