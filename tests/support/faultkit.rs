@@ -67,7 +67,11 @@ impl Running {
     }
 
     /// Waits for the end; fails if it takes longer than `timeout` (a hang).
-    pub fn finish(self, rt: &tokio::runtime::Runtime, timeout: Duration) -> anyhow::Result<Outcome> {
+    pub fn finish(
+        self,
+        rt: &tokio::runtime::Runtime,
+        timeout: Duration,
+    ) -> anyhow::Result<Outcome> {
         rt.block_on(async { tokio::time::timeout(timeout, self.handle).await })
             .map_err(|_| anyhow::anyhow!("the client hung for {timeout:?}"))?
             .map_err(|e| anyhow::anyhow!("client task: {e}"))
@@ -122,7 +126,12 @@ pub fn start_download(
 
 /// Starts an upload of `len` seeded bytes (seed `seed`) through `addr` to the origin's sink;
 /// completes with what the sink reports having received.
-pub fn start_upload(rt: &tokio::runtime::Runtime, addr: SocketAddr, seed: u64, len: u64) -> Running {
+pub fn start_upload(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    seed: u64,
+    len: u64,
+) -> Running {
     let progress = Arc::new(AtomicU64::new(0));
     let p = progress.clone();
     let handle = rt.spawn(async move {
@@ -184,7 +193,11 @@ pub fn flip_store_bits(dir: &Path, seed: u64, n: usize) -> anyhow::Result<usize>
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seg-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("seg-"))
+        })
         .collect();
     segs.sort();
     anyhow::ensure!(!segs.is_empty(), "no segment files in {}", dir.display());
@@ -261,7 +274,14 @@ pub struct Partition<'a> {
 fn set_link(wan: &strait_wanem::Wan, state: &str) -> anyhow::Result<()> {
     for ns in [wan.ns_a(), wan.ns_b()] {
         let out = Command::new("ip")
-            .args(["-n", ns, "link", "set", strait_wanem::netns::TUN_NAME, state])
+            .args([
+                "-n",
+                ns,
+                "link",
+                "set",
+                strait_wanem::netns::TUN_NAME,
+                state,
+            ])
             .output()?;
         anyhow::ensure!(
             out.status.success(),
@@ -395,40 +415,77 @@ impl NsPair {
     }
 }
 
-/// A seeded origin (GEN/SINK/ECHO) on a runtime of its own inside namespace `ns`, on
-/// 127.0.0.1; stopped when dropped.
-pub struct NsOrigin {
-    /// Its address inside `ns`.
+/// A server thread inside a namespace; told to stop and joined when dropped.
+pub struct NsServer {
+    /// The server's address.
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), strait_wanem::Error>>>,
 }
 
-impl NsOrigin {
-    /// Starts it.
-    pub fn start(ns: &str) -> anyhow::Result<NsOrigin> {
+type AddrTx = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
+
+impl NsServer {
+    /// Runs `serve` on a runtime of its own inside `ns`; it reports its address (or why it
+    /// could not bind) on the sender and returns when the receiver fires.
+    fn spawn<F, Fut>(ns: &str, what: &str, serve: F) -> anyhow::Result<NsServer>
+    where
+        F: FnOnce(AddrTx, tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = strait_wanem::spawn_in_netns(ns, move || {
-            crate::rt().block_on(async move {
-                let o = crate::origin::Origin::start().await;
-                let _ = addr_tx.send(o.as_ref().map(|o| o.addr).map_err(|e| e.to_string()));
-                let _ = stop_rx.await;
-                drop(o);
-            })
+            crate::rt().block_on(serve(addr_tx, stop_rx))
         })?;
         let addr = addr_rx
             .recv_timeout(Duration::from_secs(10))?
-            .map_err(|e| anyhow::anyhow!("origin in {ns}: {e}"))?;
-        Ok(NsOrigin {
+            .map_err(|e| anyhow::anyhow!("{what} in {ns}: {e}"))?;
+        Ok(NsServer {
             addr,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
     }
+
+    /// A seeded origin (GEN/SINK/ECHO) on 127.0.0.1 inside `ns`.
+    pub fn origin(ns: &str) -> anyhow::Result<NsServer> {
+        NsServer::spawn(ns, "origin", |addr_tx, stop_rx| async move {
+            let o = crate::origin::Origin::start().await;
+            let _ = addr_tx.send(o.as_ref().map(|o| o.addr).map_err(|e| e.to_string()));
+            let _ = stop_rx.await;
+            drop(o);
+        })
+    }
+
+    /// An echo server (every byte read is written back) on `ip:0` inside `ns`.
+    pub fn echo(ns: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<NsServer> {
+        NsServer::spawn(ns, "echo server", move |addr_tx, stop_rx| async move {
+            let l = match tokio::net::TcpListener::bind((ip, 0)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = addr_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = addr_tx.send(l.local_addr().map_err(|e| e.to_string()));
+            let serve = async {
+                while let Ok((mut s, _)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = s.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = stop_rx => {}
+            }
+        })
+    }
 }
 
-impl Drop for NsOrigin {
+impl Drop for NsServer {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -437,4 +494,53 @@ impl Drop for NsOrigin {
             let _ = t.join();
         }
     }
+}
+
+/// A multi-threaded runtime whose worker threads live in namespace `ns`: tasks spawned on it
+/// (not `block_on` futures, which run on the caller's thread) open their sockets there.
+pub fn rt_in(ns: &str) -> tokio::runtime::Runtime {
+    let ns = ns.to_string();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            if let Err(e) = strait_wanem::netns::setns_current_thread(&ns) {
+                panic!("runtime thread cannot enter {ns}: {e}");
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+/// An echo client that sends `len` seeded bytes, checks the echo is byte-exact, then stays
+/// connected and idle; it ends when the connection does: `Ok(())` for a clean end (EOF),
+/// `Err` for a reset or other error.
+pub fn start_idle_echo(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    seed: u64,
+    len: usize,
+) -> (
+    tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (echoed_tx, echoed_rx) = tokio::sync::oneshot::channel();
+    let handle = rt.spawn(async move {
+        let mut s = TcpStream::connect(addr).await?;
+        let data = crate::seeded::bytes(seed, len);
+        s.write_all(&data).await?;
+        let mut back = vec![0u8; len];
+        s.read_exact(&mut back).await?;
+        let _ = echoed_tx.send(if back == data {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("the echo differs from what was sent"))
+        });
+        let mut more = [0u8; 1];
+        match s.read(&mut more).await? {
+            0 => Ok(()),
+            _ => Err(std::io::Error::other("unexpected bytes after the echo")),
+        }
+    });
+    (echoed_rx, handle)
 }
