@@ -531,8 +531,9 @@ fn watch(f: strait_e2e::hostile::Flow) -> tokio::task::JoinHandle<StreamEnd> {
 
 /// Flows of the want flood.
 const WANT_FLOWS: u64 = 2;
-/// `Want` frames per flooding flow.
-const WANTS_PER_FLOW: usize = 2;
+/// `Want` frames per flooding flow: more than the receiver's retry budget for one id
+/// (`strait_dedup::MAX_VERIFY_ATTEMPTS`, 2), so a core that counts re-wants ends the flow.
+const WANTS_PER_FLOW: usize = 4;
 /// Literals read before choosing the largest to want.
 const WANT_CANDIDATES: usize = 8;
 
