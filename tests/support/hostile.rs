@@ -255,9 +255,7 @@ impl Flow {
         }
         Ok(out)
     }
-}
 
-impl Flow {
     /// Reads the core's whole answer, acknowledging every data item as it arrives (as a real
     /// edge does once it delivered them), until the core finishes the stream; the (id, len) of
     /// every literal that is not a preview.
