@@ -82,10 +82,11 @@ pub const ACK_EVERY: u64 = 16;
 /// sender supplies one id before the peer acknowledges it.
 pub const MAX_VERIFY_ATTEMPTS: u8 = 2;
 /// Least bytes any held entry counts (a queue slot, a held item, a queued supply, a want): a
-/// receive-queue slot is ~100 bytes and its index entry ~50, so an entry holding one byte of
-/// data still costs this much memory. Encoder and decoder count alike, so a conforming sender's
-/// window never overfills the receiver's bound.
-pub const MIN_SLOT_BYTES: u64 = 128;
+/// receive-queue slot is 88 bytes and the index entry of one waiting for an id 64 more plus its
+/// 8-byte sequence number (measured with `size_of`, allocator overhead aside), so an entry
+/// holding one byte of data still costs this much memory. Encoder and decoder count alike, so a
+/// conforming sender's window never overfills the receiver's bound.
+pub const MIN_SLOT_BYTES: u64 = 192;
 
 /// What an entry holding `len` bytes of data counts: its bytes, at least [`MIN_SLOT_BYTES`].
 pub(crate) fn entry_bytes(len: usize) -> u64 {
