@@ -14,7 +14,7 @@ use strait_e2e::origin::{self, Origin};
 use strait_e2e::pair::{certs, Pair};
 use strait_e2e::{poll, rt, seeded};
 use strait_transport::endpoint::key_fingerprint;
-use strait_wire::{Frame, FrameDecoder, PROTOCOL_VERSION};
+use strait_wire::{Frame, FrameDecoder};
 
 const MAX_CONNECTIONS: u32 = 2;
 const MAX_FLOWS: u32 = 3;
@@ -69,10 +69,7 @@ async fn connect(
     let (mut s, mut r) = conn.open_bi().await?;
     send(
         &mut s,
-        &Frame::Hello {
-            version: PROTOCOL_VERSION,
-            key_fingerprint: key_fingerprint(&cfg.dedup.key),
-        },
+        &strait_e2e::hostile::hello(key_fingerprint(&cfg.dedup.key)),
     )
     .await;
     match first_frame(&mut r).await {
