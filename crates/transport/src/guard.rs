@@ -69,6 +69,11 @@ impl Drop for StreamGuard {
 
 /// A client or upstream TCP connection that is closed with RST (linger 0) when dropped, unless
 /// [`TcpResetGuard::disarm`]ed: the peer sees a failure, never a clean (short) end.
+///
+/// Linger 0 is set when the guard is made, not when it drops: if the process dies (kill -9,
+/// OOM) the kernel closes the socket as `close(2)` would, and with linger 0 that is an RST too.
+/// Without it, a client of a killed edge (or the upstream of a killed core) whose receive buffer
+/// held nothing unread would see a clean FIN after a short transfer.
 #[derive(Debug)]
 pub struct TcpResetGuard {
     tcp: tokio::net::TcpStream,
@@ -76,14 +81,17 @@ pub struct TcpResetGuard {
 }
 
 impl TcpResetGuard {
-    /// Guards `tcp`.
+    /// Guards `tcp`: from now on, any close but one after [`TcpResetGuard::disarm`] is an RST.
     pub fn new(tcp: tokio::net::TcpStream) -> Self {
+        reset_tcp(&tcp);
         TcpResetGuard { tcp, armed: true }
     }
 
-    /// The flow completed: drop closes the connection normally (FIN).
+    /// The flow completed: drop closes the connection normally (FIN after every byte sent).
     pub fn disarm(&mut self) {
         self.armed = false;
+        // Back to the default: a close waits for unsent data instead of discarding it.
+        let _ = socket2::SockRef::from(&self.tcp).set_linger(None);
     }
 }
 
