@@ -46,15 +46,25 @@ pub enum LimitReason {
     OpenTimeout,
     /// A flow stayed silent beyond `limits.flow_idle_timeout` and was reset.
     FlowIdle,
+    /// A peer queued more than a flow's receive bound (`2 x dedup.flow_window + max chunk`,
+    /// counted honestly per slot) and its flow was reset.
+    ReceiveWindow,
+    /// A peer sent a chunk, delta or run beyond its announced `max_chunk` or a run cap.
+    ChunkLength,
+    /// A peer wanted a chunk it was not owed, or more often than the retry budget.
+    Wants,
 }
 
 impl LimitReason {
     /// Every reason, in label order.
-    pub const ALL: [LimitReason; 4] = [
+    pub const ALL: [LimitReason; 7] = [
         LimitReason::ConnectionsPerEdge,
         LimitReason::FlowsPerEdge,
         LimitReason::OpenTimeout,
         LimitReason::FlowIdle,
+        LimitReason::ReceiveWindow,
+        LimitReason::ChunkLength,
+        LimitReason::Wants,
     ];
 
     /// Label value.
@@ -64,6 +74,9 @@ impl LimitReason {
             LimitReason::FlowsPerEdge => "flows_per_edge",
             LimitReason::OpenTimeout => "open_timeout",
             LimitReason::FlowIdle => "flow_idle",
+            LimitReason::ReceiveWindow => "receive_window",
+            LimitReason::ChunkLength => "chunk_length",
+            LimitReason::Wants => "wants",
         }
     }
 }

@@ -707,6 +707,10 @@ async fn serve_flow(sh: Arc<Shared>, mut stream: StreamGuard, peer: PeerSlot, ed
         Ok(()) => tracing::debug!(%service, "flow done"),
         Err(e) => {
             sh.metrics.flow_errors.fetch_add(1, Relaxed);
+            if let Some(r) = e.limit_reason() {
+                sh.metrics.limit_reset(r);
+                tracing::warn!(%edge, %service, reason = r.as_str(), "flow reset: a bound was exceeded");
+            }
             match e {
                 FlowError::Client(_) => {
                     tracing::info!(%service, error = %e, "flow reset by upstream")

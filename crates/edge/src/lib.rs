@@ -598,6 +598,10 @@ fn log_flow_result(sh: &Shared, route: &str, service: &str, result: &Result<(), 
         Ok(()) => tracing::debug!(%route, "flow done"),
         Err(e) => {
             sh.metrics.flow_errors.fetch_add(1, Relaxed);
+            if let Some(r) = e.limit_reason() {
+                sh.metrics.limit_reset(r);
+                tracing::warn!(%route, %service, reason = r.as_str(), "flow reset: a bound was exceeded");
+            }
             match e {
                 FlowError::Refused { .. } => {
                     sh.metrics.refused_flows.fetch_add(1, Relaxed);

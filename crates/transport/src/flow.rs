@@ -77,6 +77,21 @@ pub enum FlowError {
     },
 }
 
+impl FlowError {
+    /// The bound this error enforced, if it is one (for `strait_limit_resets_total{reason}`).
+    pub fn limit_reason(&self) -> Option<strait_admin::LimitReason> {
+        use strait_admin::LimitReason as R;
+        use strait_dedup::Error as E;
+        match self {
+            FlowError::Idle { .. } => Some(R::FlowIdle),
+            FlowError::Engine(E::WindowExceeded { .. }) => Some(R::ReceiveWindow),
+            FlowError::Engine(E::TooLong { .. }) => Some(R::ChunkLength),
+            FlowError::Engine(E::RepeatedWant { .. } | E::UnknownWant(_)) => Some(R::Wants),
+            _ => None,
+        }
+    }
+}
+
 enum Ctl {
     Want(Vec<WireId>),
     Ack(u64),
