@@ -86,6 +86,10 @@ pub struct FormatCuts {
     pos: u64,
     cuts: VecDeque<u64>,
     format: Option<Format>,
+    /// The format's first bytes, kept after it was recognised from fewer than [`SNIFF_LEN`]:
+    /// the name is read again from up to [`SNIFF_LEN`] bytes (a tar is told from a WebDataset
+    /// shard by its member names), so it does not depend on how the stream was split.
+    label: Option<Vec<u8>>,
 }
 
 impl Default for FormatCuts {
@@ -107,12 +111,16 @@ impl FormatCuts {
             pos: 0,
             cuts: VecDeque::new(),
             format: None,
+            label: None,
         }
     }
 
     /// The format recognised, if any.
     pub fn format(&self) -> Option<Format> {
-        self.format
+        match &self.label {
+            Some(label) => sniff(label),
+            None => self.format,
+        }
     }
 
     /// Feeds the next bytes of the stream.
@@ -170,6 +178,14 @@ impl FormatCuts {
     /// Feeds bytes at offset `start` relative to the format's first byte.
     fn observe_rel(&mut self, start: u64, data: &[u8]) {
         let base = self.base;
+        if let Some(label) = self.label.as_mut() {
+            let take = SNIFF_LEN.saturating_sub(label.len()).min(data.len());
+            label.extend_from_slice(&data[..take]);
+            if label.len() >= SNIFF_LEN {
+                self.format = sniff(label);
+                self.label = None;
+            }
+        }
         loop {
             match &mut self.state {
                 State::Done => return,
@@ -177,6 +193,9 @@ impl FormatCuts {
                     let take = SNIFF_LEN.saturating_sub(self.prefix.len()).min(data.len());
                     self.prefix.extend_from_slice(&data[..take]);
                     let fmt = sniff(&self.prefix);
+                    if fmt.is_some() && self.prefix.len() < SNIFF_LEN {
+                        self.label = Some(self.prefix.clone());
+                    }
                     match fmt {
                         Some(Format::Safetensors) => {
                             self.format = fmt;
@@ -484,6 +503,24 @@ mod tests {
         for piece in [1, 100, 511, 512, 700, 4096, archive.len()] {
             assert_eq!(cuts_seen_per_read(&archive, piece), want, "piece {piece}");
             assert_eq!(cuts_of(&archive, piece), want, "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn format_named_does_not_depend_on_the_read_size() {
+        // A WebDataset shard: told from a plain tar by a second member of the same key, which
+        // lies beyond the first bytes that already say "tar".
+        let shard =
+            crate::tar::tests::build_tar(&[("s/000001.cls", 600), ("s/000001.json", 10)], 4);
+        let plain = crate::tar::tests::build_tar(&[("a.cls", 600), ("b.json", 10)], 4);
+        for (data, want) in [(shard, Format::WebDatasetTar), (plain, Format::Tar)] {
+            for piece in [1, 300, 512, 1024, data.len()] {
+                let mut c = FormatCuts::new();
+                for p in data.chunks(piece) {
+                    c.observe(p);
+                }
+                assert_eq!(c.format(), Some(want), "piece {piece}");
+            }
         }
     }
 
