@@ -7,8 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use strait_store::{
-    decode_peer_table, decode_record, encode_peer_table, encode_record, HEADER_LEN,
-    MAX_CHUNK_BYTES,
+    decode_peer_table, decode_record, encode_peer_table, encode_record, HEADER_LEN, MAX_CHUNK_BYTES,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -56,8 +56,14 @@ fn looks_like_http(b: &[u8]) -> Option<bool> {
     }
 }
 
-fn find_head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+/// End of the head (after its blank line) in `b`, looking only at bytes from `from` on (earlier
+/// ones were searched before), so a head trickled in byte by byte costs linear time.
+fn find_head_end(b: &[u8], from: usize) -> Option<usize> {
+    let from = from.saturating_sub(3).min(b.len());
+    b[from..]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| from + p + 4)
 }
 
 enum State {
@@ -73,11 +79,17 @@ pub struct FormatCuts {
     prefix: Vec<u8>,
     head: Head,
     head_buf: Vec<u8>,
+    /// Bytes of `head_buf` already searched for the end of the head.
+    head_scanned: usize,
     /// Absolute offset where the format's bytes start (after an HTTP head, if any).
     base: u64,
     pos: u64,
     cuts: VecDeque<u64>,
     format: Option<Format>,
+    /// The format's first bytes, kept after it was recognised from fewer than [`SNIFF_LEN`]:
+    /// the name is read again from up to [`SNIFF_LEN`] bytes (a tar is told from a WebDataset
+    /// shard by its member names), so it does not depend on how the stream was split.
+    label: Option<Vec<u8>>,
 }
 
 impl Default for FormatCuts {
@@ -94,22 +106,27 @@ impl FormatCuts {
             prefix: Vec::new(),
             head: Head::Undecided,
             head_buf: Vec::new(),
+            head_scanned: 0,
             base: 0,
             pos: 0,
             cuts: VecDeque::new(),
             format: None,
+            label: None,
         }
     }
 
     /// The format recognised, if any.
     pub fn format(&self) -> Option<Format> {
-        self.format
+        match &self.label {
+            Some(label) => sniff(label),
+            None => self.format,
+        }
     }
 
     /// Feeds the next bytes of the stream.
     pub fn observe(&mut self, data: &[u8]) {
         let start = self.pos;
-        self.pos += data.len() as u64;
+        self.pos = self.pos.saturating_add(data.len() as u64);
         match self.head {
             Head::Decided => {
                 let rel = start - self.base;
@@ -125,7 +142,7 @@ impl FormatCuts {
                     Some(false) => Some(0),
                     // An HTTP message: cut after its head (headers such as Date change on every
                     // fetch, the body does not) and look at the body's format.
-                    Some(true) => match find_head_end(&buf) {
+                    Some(true) => match find_head_end(&buf, self.head_scanned) {
                         Some(end) => {
                             self.cuts.push_back(end as u64);
                             Some(end)
@@ -138,7 +155,10 @@ impl FormatCuts {
                     },
                 };
                 match decided {
-                    None => self.head_buf = buf,
+                    None => {
+                        self.head_scanned = buf.len();
+                        self.head_buf = buf;
+                    }
                     Some(body) => {
                         self.head = Head::Decided;
                         self.base = body as u64;
@@ -158,6 +178,14 @@ impl FormatCuts {
     /// Feeds bytes at offset `start` relative to the format's first byte.
     fn observe_rel(&mut self, start: u64, data: &[u8]) {
         let base = self.base;
+        if let Some(label) = self.label.as_mut() {
+            let take = SNIFF_LEN.saturating_sub(label.len()).min(data.len());
+            label.extend_from_slice(&data[..take]);
+            if label.len() >= SNIFF_LEN {
+                self.format = sniff(label);
+                self.label = None;
+            }
+        }
         loop {
             match &mut self.state {
                 State::Done => return,
@@ -165,6 +193,9 @@ impl FormatCuts {
                     let take = SNIFF_LEN.saturating_sub(self.prefix.len()).min(data.len());
                     self.prefix.extend_from_slice(&data[..take]);
                     let fmt = sniff(&self.prefix);
+                    if fmt.is_some() && self.prefix.len() < SNIFF_LEN {
+                        self.label = Some(self.prefix.clone());
+                    }
                     match fmt {
                         Some(Format::Safetensors) => {
                             self.format = fmt;
@@ -238,9 +269,10 @@ impl FormatCuts {
 
     fn finish_safetensors(&mut self) {
         if let Ok(h) = parse_safetensors_header(&self.prefix) {
-            for b in h.tensor_boundaries().take(MAX_PENDING_CUTS) {
-                self.cuts.push_back(self.base + b);
-            }
+            // Offsets come from the header: a sum that does not fit ends the cuts.
+            let base = self.base;
+            let cuts = h.tensor_boundaries().map_while(|b| base.checked_add(b));
+            self.cuts.extend(cuts.take(MAX_PENDING_CUTS));
         }
         self.prefix = Vec::new();
         self.state = State::Done;
@@ -258,8 +290,11 @@ impl FormatCuts {
     }
 }
 
-/// Feeds `data` (starting at absolute offset `at`) to a tar walker, recording each member's
-/// header offset and data offset as cuts.
+/// Feeds `data` (starting at offset `at`, relative to the format's first byte) to a tar walker.
+/// Each member's end (where the next header is due) becomes a cut as soon as its header is
+/// parsed, before the stream reaches it: a cut recorded only once the next header block were
+/// complete could lie behind a consumer that had already moved past it, making the cuts depend
+/// on how the stream was split into reads.
 fn feed_tar(
     walker: &mut TarWalker,
     block: &mut Vec<u8>,
@@ -273,7 +308,9 @@ fn feed_tar(
         let Some(next) = walker.next_header_offset() else {
             return;
         };
-        let abs = at + off as u64;
+        let Some(abs) = at.checked_add(off as u64) else {
+            return;
+        };
         if block.is_empty() {
             if next > abs {
                 let skip = (next - abs).min((data.len() - off) as u64) as usize;
@@ -294,8 +331,9 @@ fn feed_tar(
             block.clear();
             match r {
                 Ok(Some(m)) => {
-                    if cuts.len() < MAX_PENDING_CUTS {
-                        cuts.push_back(base + m.header_offset);
+                    let end = base.checked_add(m.next_header_offset());
+                    if let (Some(end), true) = (end, cuts.len() < MAX_PENDING_CUTS) {
+                        cuts.push_back(end);
                     }
                 }
                 Ok(None) | Err(_) => return,
@@ -367,6 +405,136 @@ mod tests {
         let want = vec![h, h + 8 + hl, h + 8 + hl + 1000];
         for piece in [1, 3, 50, 4096, msg.len()] {
             assert_eq!(cuts_of(&msg, piece), want, "piece {piece}");
+        }
+    }
+
+    /// The cuts a consumer sees that, like the dedup encoder, feeds each read and then takes
+    /// the cuts inside it (strictly after where it stands, at most at the read's end).
+    fn cuts_seen_per_read(data: &[u8], piece: usize) -> Vec<u64> {
+        let mut c = FormatCuts::new();
+        let (mut out, mut pos) = (Vec::new(), 0u64);
+        for p in data.chunks(piece) {
+            c.observe(p);
+            let end = pos + p.len() as u64;
+            while let Some(x) = c.next_cut_after(pos).filter(|&x| x <= end) {
+                out.push(x);
+                pos = x;
+            }
+            pos = end;
+        }
+        out
+    }
+
+    /// A header whose (unvalidated-dtype) tensors tile `0..last_end` in two pieces.
+    fn header_with_offsets(split: u64, last_end: u64) -> Vec<u8> {
+        let json = format!(
+            "{{\"a\":{{\"dtype\":\"X\",\"shape\":[],\"data_offsets\":[0,{split}]}},\
+             \"b\":{{\"dtype\":\"X\",\"shape\":[],\"data_offsets\":[{split},{last_end}]}}}}"
+        );
+        let mut f = (json.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(json.as_bytes());
+        f
+    }
+
+    #[test]
+    fn safetensors_offsets_near_u64_max_give_no_cuts_and_no_overflow() {
+        // Data offsets whose file offsets (8 + header + offset) pass u64::MAX.
+        for (split, end) in [
+            (u64::MAX - 4, u64::MAX),
+            (1, u64::MAX),
+            (u64::MAX, u64::MAX),
+        ] {
+            let f = header_with_offsets(split, end);
+            let err = crate::parse_safetensors_header(&f).unwrap_err();
+            assert!(
+                err.to_string().contains("past the largest file offset"),
+                "{err}"
+            );
+            for piece in [1, 9, f.len()] {
+                assert!(cuts_of(&f, piece).is_empty(), "piece {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn safetensors_offsets_that_fit_alone_but_not_after_an_http_head_stop_the_cuts() {
+        // The last tensor starts where 8 + header + start is exactly u64::MAX: valid on its own,
+        // but an HTTP head in front of it pushes that cut past u64::MAX.
+        // Number lengths change the header length: iterate to the fixed point.
+        let mut f = header_with_offsets(0, 0);
+        for _ in 0..3 {
+            let h = f.len() as u64;
+            f = header_with_offsets(u64::MAX - h, u64::MAX - h);
+        }
+        let h = f.len() as u64;
+        let parsed = crate::parse_safetensors_header(&f).unwrap();
+        assert_eq!(parsed.file_len(), Some(u64::MAX));
+        assert_eq!(
+            parsed.tensor_boundaries().collect::<Vec<_>>(),
+            vec![h, u64::MAX]
+        );
+        assert_eq!(cuts_of(&f, 5), vec![h, u64::MAX]);
+        let head = b"HTTP/1.1 200 OK\r\n\r\n";
+        let mut msg = head.to_vec();
+        msg.extend_from_slice(&f);
+        let n = head.len() as u64;
+        for piece in [1, 7, msg.len()] {
+            assert_eq!(cuts_of(&msg, piece), vec![n, n + h], "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn tar_member_ends_are_cuts_whatever_the_read_size() {
+        let sizes = [0usize, 1, 511, 512, 513, 3000, 10];
+        let files: Vec<(String, usize)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (format!("m{i}.bin"), s))
+            .collect();
+        let refs: Vec<(&str, usize)> = files.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        let archive = crate::tar::tests::build_tar(&refs, 3);
+        let index = crate::tar_members(&archive).unwrap();
+        let want: Vec<u64> = index
+            .members
+            .iter()
+            .map(|m| m.next_header_offset())
+            .collect();
+        assert_eq!(want.len(), sizes.len());
+        for piece in [1, 100, 511, 512, 700, 4096, archive.len()] {
+            assert_eq!(cuts_seen_per_read(&archive, piece), want, "piece {piece}");
+            assert_eq!(cuts_of(&archive, piece), want, "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn format_named_does_not_depend_on_the_read_size() {
+        // A WebDataset shard: told from a plain tar by a second member of the same key, which
+        // lies beyond the first bytes that already say "tar".
+        let shard =
+            crate::tar::tests::build_tar(&[("s/000001.cls", 600), ("s/000001.json", 10)], 4);
+        let plain = crate::tar::tests::build_tar(&[("a.cls", 600), ("b.json", 10)], 4);
+        for (data, want) in [(shard, Format::WebDatasetTar), (plain, Format::Tar)] {
+            for piece in [1, 300, 512, 1024, data.len()] {
+                let mut c = FormatCuts::new();
+                for p in data.chunks(piece) {
+                    c.observe(p);
+                }
+                assert_eq!(c.format(), Some(want), "piece {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn cuts_seen_read_by_read_do_not_depend_on_the_read_size() {
+        let st = safetensors(&[1000, 5000, 300]);
+        let mut http = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n".to_vec();
+        http.extend_from_slice(&st);
+        for data in [st, http] {
+            let whole = cuts_seen_per_read(&data, data.len());
+            assert!(!whole.is_empty());
+            for piece in [1, 3, 8, 9, 64, 1000] {
+                assert_eq!(cuts_seen_per_read(&data, piece), whole, "piece {piece}");
+            }
         }
     }
 

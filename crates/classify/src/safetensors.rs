@@ -136,7 +136,8 @@ pub struct SafetensorsHeader {
 impl SafetensorsHeader {
     /// File offset of the data region (8 + header length).
     pub fn data_start(&self) -> u64 {
-        8 + self.header_len
+        // header_len <= MAX_SAFETENSORS_HEADER when parsed; saturate for a header built by hand.
+        self.header_len.saturating_add(8)
     }
 
     /// Length of the data region the tensors cover.
@@ -144,15 +145,19 @@ impl SafetensorsHeader {
         self.tensors.last().map_or(0, |t| t.end)
     }
 
-    /// Expected total file length.
-    pub fn file_len(&self) -> u64 {
-        self.data_start() + self.data_len()
+    /// Expected total file length; `None` if it does not fit a `u64` (a header built by hand:
+    /// [`parse_safetensors_header`] rejects such offsets).
+    pub fn file_len(&self) -> Option<u64> {
+        self.data_start().checked_add(self.data_len())
     }
 
-    /// Absolute file offsets where a tensor begins (the data start first), for chunk cuts.
+    /// Absolute file offsets where a tensor begins (the data start first), for chunk cuts. Ends
+    /// early at an offset that does not fit a `u64` (only possible for a header built by hand).
     pub fn tensor_boundaries(&self) -> impl Iterator<Item = u64> + '_ {
         let base = self.data_start();
-        self.tensors.iter().map(move |t| base + t.start)
+        self.tensors
+            .iter()
+            .map_while(move |t| base.checked_add(t.start))
     }
 }
 
@@ -246,6 +251,13 @@ pub fn parse_safetensors_header(prefix: &[u8]) -> Result<SafetensorsHeader, Erro
             )));
         }
         expected = t.end;
+    }
+    // Offsets are relative to the data region: the file offset of every byte must fit a u64, so
+    // that callers can add the data start without overflow (hostile offsets near u64::MAX).
+    if end.checked_add(expected).is_none() {
+        return Err(Error::safetensors(format!(
+            "tensor data ends at {expected}, past the largest file offset after a {end}-byte header"
+        )));
     }
     let mut metadata = raw.metadata;
     metadata.sort();

@@ -51,13 +51,16 @@ pub struct TarMember {
 impl TarMember {
     /// Offset of the block after this member's padded data, where the next header is.
     pub fn next_header_offset(&self) -> u64 {
-        self.data_offset + padded(self.size)
+        // Checked when parsed; saturates for a member built by hand.
+        self.data_offset.saturating_add(padded(self.size))
     }
 }
 
 fn padded(size: u64) -> u64 {
-    // size <= MAX_TAR_MEMBER_SIZE, so this cannot overflow.
-    size.div_ceil(TAR_BLOCK as u64) * TAR_BLOCK as u64
+    // Rounds up to a whole block; saturates (only a hand-built member's size can get there:
+    // parsed sizes are at most MAX_TAR_MEMBER_SIZE).
+    size.div_ceil(TAR_BLOCK as u64)
+        .saturating_mul(TAR_BLOCK as u64)
 }
 
 /// Walks tar headers as the archive streams past.
@@ -242,9 +245,18 @@ fn parse_header(block: &[u8], offset: u64) -> Result<Option<TarMember>, Error> {
     } else {
         String::from_utf8_lossy(name).into_owned()
     };
+    // The walker's next offset is this member's end: it must fit a u64.
+    let data_offset = offset
+        .checked_add(TAR_BLOCK as u64)
+        .filter(|d| d.checked_add(padded(size)).is_some())
+        .ok_or_else(|| {
+            err(format!(
+                "member of {size} bytes ends past the largest offset"
+            ))
+        })?;
     Ok(Some(TarMember {
         header_offset: offset,
-        data_offset: offset + TAR_BLOCK as u64,
+        data_offset,
         size,
         kind,
         name,

@@ -55,7 +55,7 @@ fn parses_tensor_ranges_in_offset_order() {
     // Insertion order in JSON is alphabetical (serde_json map), offsets follow the build order.
     assert_eq!(h.tensors[0].start, 0);
     assert_eq!(h.data_len(), 64 + 32 + 24);
-    assert_eq!(h.file_len(), file.len() as u64);
+    assert_eq!(h.file_len(), Some(file.len() as u64));
     assert_eq!(h.metadata, vec![("format".to_owned(), "pt".to_owned())]);
     let b = h.tensors.iter().find(|t| t.name == "b.weight").unwrap();
     assert_eq!(
