@@ -6,6 +6,7 @@
 use super::tests::{data, lone_decoder, rs, side, small_chunks, Side, KEY};
 use super::*;
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
 use strait_chunk::{ChunkHasher, ChunkerConfig};
 use strait_codec::CompressConfig;
 use strait_wire::{BaseRef, ChunkRef, Frame, RunItem, WireId};
@@ -510,4 +511,60 @@ fn an_exhausted_budget_holds_the_client_back_above_one_chunk_and_drop_releases_i
     assert_eq!(budget.used(), 2 << 10);
     drop(c);
     assert_eq!((budget.used(), child.used()), (0, 0));
+}
+
+#[test]
+fn a_run_item_whose_base_resolves_to_another_length_is_a_miss_not_an_error() {
+    // Found by the flow_engine fuzz target: with both directions running, a base named by
+    // prefix or position can resolve to a different chunk at the receiver (each side records
+    // its sends and receives in its own order), so base length + len_diff falls outside
+    // 1..=max_chunk. The run must be wanted (and supplied), not end the flow.
+    let rx = side();
+    let hasher = ChunkHasher::new(KEY);
+    let base = data(45, 3000);
+    let base_id = hasher.id(&base).0;
+    let peer = rx.store.peer_slot("tx").unwrap();
+    rx.store.put(&base_id, &base, peer).unwrap();
+    let index = Arc::new(SketchIndex::new(1 << 20));
+    index.record_chain(peer.index(), None, &base_id);
+    let decoder = || {
+        FlowDecoder::new(ChunkHasher::new(KEY), rx.store.clone(), peer, 1 << 20, rs())
+            .with_delta(Some(index.clone()), Arc::new(DeltaStats::default()))
+            .with_peer_max_chunk(4096)
+    };
+    let mut prefix = [0u8; strait_wire::BASE_PREFIX_LEN];
+    prefix.copy_from_slice(&base_id[..strait_wire::BASE_PREFIX_LEN]);
+    let run = |base: BaseRef, len_diff: i32, digest: WireId| Frame::DeltaRun {
+        digest,
+        items: vec![RunItem::Delta { base, len_diff }],
+        payload: Bytes::from_static(b"x"),
+    };
+    for len_diff in [-3000i32, -3500, 4000] {
+        let mut dec = decoder();
+        let mut wants = Vec::new();
+        let digest = [len_diff.unsigned_abs() as u8; 32];
+        dec.on_frame(run(BaseRef::Prefix(prefix), len_diff, digest), &mut wants)
+            .unwrap_or_else(|e| panic!("len_diff {len_diff}: {e}"));
+        assert_eq!(wants, vec![digest], "len_diff {len_diff}");
+        assert!(dec.pop_ready().is_none());
+        // Named by its full id the base is exact: the same length is a protocol error.
+        let e = decoder()
+            .on_frame(run(BaseRef::Id(base_id), len_diff, digest), &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(e, Error::TooLong { max: 4096, .. }), "{e}");
+    }
+    // A difference no two chunks of the announced size can have is an error however named.
+    let e = decoder()
+        .on_frame(run(BaseRef::Prefix(prefix), 5000, [9; 32]), &mut Vec::new())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLong {
+                len: 5000,
+                max: 4096
+            }
+        ),
+        "{e}"
+    );
 }

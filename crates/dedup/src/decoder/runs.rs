@@ -110,8 +110,28 @@ impl FlowDecoder {
             };
             let len = match it {
                 RunItem::Same(_) => data.len() as i64,
-                RunItem::Delta { len_diff, .. } => data.len() as i64 + i64::from(*len_diff),
+                RunItem::Delta { len_diff, .. } => {
+                    // Two chunks of at most max_chunk differ by less than that: more is no
+                    // sender's mistake.
+                    let diff = i64::from(*len_diff).unsigned_abs();
+                    if diff > self.max_chunk as u64 {
+                        return Err(Error::TooLong {
+                            len: diff as usize,
+                            max: self.max_chunk,
+                        });
+                    }
+                    data.len() as i64 + i64::from(*len_diff)
+                }
             };
+            let by_position = !matches!(it.base(), strait_wire::BaseRef::Id(_));
+            if by_position && (len <= 0 || len as usize > self.max_chunk) {
+                // A base named by position or prefix resolved to another chunk here than at the
+                // sender (each side records its sends and receives in its own order): a miss,
+                // which the sender answers by supplying the run, never an error that ends a
+                // conforming flow. Nothing was allocated for it.
+                self.stats.verify_failures.fetch_add(1, Relaxed);
+                return Ok(None);
+            }
             if len <= 0 || len as usize > self.max_chunk {
                 return Err(Error::TooLong {
                     len: len.max(0) as usize,
