@@ -1,20 +1,20 @@
 //! A hostile peer's data direction: any byte stream, parsed into frames and fed to a flow
 //! decoder whose store holds a few chunks for that peer (so references, parts and deltas can
 //! hit). The decoder never panics: every hostile input ends in delivered bytes or a named error.
-//! Each input gets a store of its own in a fresh temporary directory, so runs are reproducible.
+//! Each input gets an in-memory store of its own, so runs are reproducible (and touch no disk).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use strait_chunk::ChunkHasher;
-use strait_store::{PeerSlot, Store, StoreConfig};
+use strait_store::{PeerSlot, Store};
 
 const KEY: [u8; 32] = [5; 32];
 const WINDOW: u64 = 1 << 20;
 
 /// A fresh store per input, so a run depends on its input alone (a store shared across inputs
 /// made crashes unreproducible: what one input stored changed what the next one hit).
-fn store(dir: &std::path::Path) -> (Arc<Store>, PeerSlot) {
-    let store = Arc::new(Store::open(StoreConfig::new(dir, 16 << 20, KEY)).expect("open store"));
+fn store() -> (Arc<Store>, PeerSlot) {
+    let store = Arc::new(Store::open_in_memory(16 << 20, KEY).expect("open store"));
     let peer = store.peer_slot("edge").expect("peer slot");
     let hasher = ChunkHasher::new(KEY);
     for seed in 0..4u8 {
@@ -27,8 +27,7 @@ fn store(dir: &std::path::Path) -> (Arc<Store>, PeerSlot) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (store, peer) = store(dir.path());
+    let (store, peer) = store();
     let stats = Arc::new(strait_admin::RouteStats::default());
     let mut dec = strait_dedup::FlowDecoder::new(ChunkHasher::new(KEY), store, peer, WINDOW, stats);
     let mut frames = strait_wire::FrameDecoder::new();
