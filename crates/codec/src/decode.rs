@@ -4,7 +4,25 @@ use crate::encode::group_header_len;
 use crate::planes::merge_planes;
 use crate::{CodecId, Error, MAX_CHUNK_LEN};
 
-/// Decodes payloads. Holds one zstd decompression context; use one per thread or flow.
+/// Decompression contexts (with their plane buffers) kept per thread between
+/// [`Decoder::decode`] calls: a decoder holds its context only during a call, so idle flows
+/// hold none (see [`crate::POOLED_ENCODERS_PER_THREAD`] for the encoder side).
+pub const POOLED_DECODERS_PER_THREAD: usize = 2;
+
+type PooledDecoder = (zstd::bulk::Decompressor<'static>, Vec<u8>);
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<PooledDecoder>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Decompression contexts pooled on the calling thread (for tests of the bound).
+pub fn pooled_decoders() -> usize {
+    POOL.with(|p| p.borrow().len())
+}
+
+/// Decodes payloads. Borrows a zstd decompression context from its thread's pool for each
+/// call ([`POOLED_DECODERS_PER_THREAD`]).
 pub struct Decoder {
     /// Created on first use so that `new` cannot fail.
     dctx: Option<zstd::bulk::Decompressor<'static>>,
@@ -52,6 +70,34 @@ impl Decoder {
             });
         }
         let start = out.len();
+        if self.dctx.is_none() && codec != CodecId::Raw {
+            if let Some((d, planes)) = POOL.with(|p| p.borrow_mut().pop()) {
+                self.dctx = Some(d);
+                self.planes = planes;
+            }
+        }
+        let result = self.decode_borrowed(codec, payload, expected_len, out, start);
+        if let Some(d) = self.dctx.take() {
+            let planes = std::mem::take(&mut self.planes);
+            POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOLED_DECODERS_PER_THREAD {
+                    p.push((d, planes));
+                }
+            });
+        }
+        result
+    }
+
+    /// [`Decoder::decode`] with a context checked out (or made on first use).
+    fn decode_borrowed(
+        &mut self,
+        codec: CodecId,
+        payload: &[u8],
+        expected_len: usize,
+        out: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), Error> {
         let result = match codec {
             CodecId::Raw => {
                 if payload.len() == expected_len {

@@ -81,7 +81,32 @@ pub struct EncoderStats {
     pub attempts_rejected: u64,
 }
 
-/// Encodes chunks. Holds one zstd compression context; use one per thread or flow.
+/// Compression contexts (with their buffers) kept per thread between [`Encoder::encode`] calls.
+/// An encoder holds its context only during a call: a thousand flows then share the runtime's
+/// few threads' contexts instead of holding ~1-2 MiB each (a zstd level-3 context for 256 KiB
+/// chunks, plus the plane context and scratch buffers).
+pub const POOLED_ENCODERS_PER_THREAD: usize = 4;
+
+/// What an encoder borrows from its thread for the length of one call.
+struct Pooled {
+    level: i32,
+    cctx: zstd::bulk::Compressor<'static>,
+    plane_cctx: Option<zstd::bulk::Compressor<'static>>,
+    scratch: Vec<u8>,
+    planes: Vec<u8>,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Pooled>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Contexts pooled on the calling thread (for tests of the bound).
+pub fn pooled_encoders() -> usize {
+    POOL.with(|p| p.borrow().len())
+}
+
+/// Encodes chunks. Borrows a zstd compression context from its thread's pool for each call
+/// ([`POOLED_ENCODERS_PER_THREAD`]), so an idle encoder holds no context and no buffers.
 pub struct Encoder {
     cfg: CompressConfig,
     stats: EncoderStats,
@@ -108,13 +133,10 @@ impl std::fmt::Debug for Encoder {
 impl Encoder {
     /// An encoder for `cfg`.
     pub fn new(cfg: CompressConfig) -> Self {
-        let cctx = cfg
-            .level
-            .and_then(|level| zstd::bulk::Compressor::new(level).ok());
         Self {
             cfg,
             stats: EncoderStats::default(),
-            cctx,
+            cctx: None,
             plane_cctx: None,
             scratch: Vec::new(),
             planes: Vec::new(),
@@ -138,7 +160,64 @@ impl Encoder {
     /// encoded, but no [`crate::Decoder`] accepts them: the chunker never produces them.
     pub fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> CodecId {
         self.stats.chunks += 1;
-        if chunk.len() < MIN_COMPRESS_LEN || self.cctx.is_none() {
+        if chunk.len() < MIN_COMPRESS_LEN || self.cfg.level.is_none() {
+            out.extend_from_slice(chunk);
+            return CodecId::Raw;
+        }
+        self.checkout();
+        let codec = self.encode_borrowed(chunk, out);
+        self.checkin();
+        codec
+    }
+
+    /// Takes a context for this encoder's level from the thread's pool (or makes one).
+    fn checkout(&mut self) {
+        let Some(level) = self.cfg.level else {
+            return;
+        };
+        if self.cctx.is_some() {
+            return;
+        }
+        let pooled = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().position(|c| c.level == level)?;
+            Some(p.swap_remove(i))
+        });
+        match pooled {
+            Some(c) => {
+                self.cctx = Some(c.cctx);
+                self.plane_cctx = c.plane_cctx;
+                self.scratch = c.scratch;
+                self.planes = c.planes;
+            }
+            // A context that cannot be made leaves `cctx` empty: the chunk goes Raw.
+            None => self.cctx = zstd::bulk::Compressor::new(level).ok(),
+        }
+    }
+
+    /// Gives the context and buffers back to the thread's pool (dropped when it is full).
+    fn checkin(&mut self) {
+        let (Some(level), Some(cctx)) = (self.cfg.level, self.cctx.take()) else {
+            return;
+        };
+        let c = Pooled {
+            level,
+            cctx,
+            plane_cctx: self.plane_cctx.take(),
+            scratch: std::mem::take(&mut self.scratch),
+            planes: std::mem::take(&mut self.planes),
+        };
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOLED_ENCODERS_PER_THREAD {
+                p.push(c);
+            }
+        });
+    }
+
+    /// [`Encoder::encode`] with the context checked out.
+    fn encode_borrowed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> CodecId {
+        if self.cctx.is_none() {
             out.extend_from_slice(chunk);
             return CodecId::Raw;
         }

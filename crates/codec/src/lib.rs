@@ -25,8 +25,8 @@ mod probe;
 #[doc(hidden)]
 pub mod testdata;
 
-pub use decode::Decoder;
-pub use encode::{Encoder, EncoderStats};
+pub use decode::{pooled_decoders, Decoder, POOLED_DECODERS_PER_THREAD};
+pub use encode::{pooled_encoders, Encoder, EncoderStats, POOLED_ENCODERS_PER_THREAD};
 pub use planes::{merge_planes, split_planes};
 
 /// Largest decoded chunk this crate accepts (matches the chunker's largest `max`).

@@ -321,3 +321,46 @@ fn garbage_and_bit_flipped_payloads_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_thousand_encoders_and_decoders_share_their_threads_few_contexts_with_identical_output() {
+    use strait_codec::{
+        pooled_decoders, pooled_encoders, POOLED_DECODERS_PER_THREAD, POOLED_ENCODERS_PER_THREAD,
+    };
+    // One encoder and decoder per flow, as a core with 1,000 flows has: each borrows its
+    // thread's context for a call, so the thread holds at most the pool's bound of contexts,
+    // and what a fresh, unpooled encoder writes is what the pooled ones write.
+    let chunks: Vec<Vec<u8>> = (0..6u8)
+        .map(|k| sample(k, 700 + u64::from(k), 64 << 10))
+        .collect();
+    let mut reference = Vec::new();
+    for c in &chunks {
+        let mut out = Vec::new();
+        let codec = Encoder::new(cfg(3)).encode(c, &mut out);
+        reference.push((codec, out));
+    }
+    let mut encoders: Vec<Encoder> = (0..1000)
+        .map(|i| Encoder::new(cfg(if i % 3 == 0 { 1 } else { 3 })))
+        .collect();
+    let mut decoders: Vec<Decoder> = (0..1000).map(|_| Decoder::new()).collect();
+    for (i, (enc, dec)) in encoders.iter_mut().zip(&mut decoders).enumerate() {
+        let k = i % chunks.len();
+        let mut out = Vec::new();
+        let codec = enc.encode(&chunks[k], &mut out);
+        if i % 3 != 0 {
+            assert_eq!(
+                (codec, &out),
+                (reference[k].0, &reference[k].1),
+                "encoder {i}"
+            );
+        }
+        let mut back = Vec::new();
+        dec.decode(codec, &out, chunks[k].len(), &mut back).unwrap();
+        assert_eq!(back, chunks[k], "round trip {i}");
+        assert!(pooled_encoders() <= POOLED_ENCODERS_PER_THREAD);
+        assert!(pooled_decoders() <= POOLED_DECODERS_PER_THREAD);
+    }
+    // Both levels' contexts and a decompression context wait in the pool for the next call.
+    assert!(pooled_encoders() >= 2, "{}", pooled_encoders());
+    assert!(pooled_decoders() >= 1);
+}
