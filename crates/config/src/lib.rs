@@ -884,18 +884,13 @@ fn validate(v: &mut V, raw: Raw) -> Config {
             DEFAULT_MAX_MTU
         }
     };
-    let max_flows = match t.max_flows {
-        None => DEFAULT_MAX_FLOWS,
-        Some(n) if (1..=100_000).contains(&n) => n as u32,
-        Some(n) => {
-            v.bad(
-                "tunnel.max_flows",
-                n.to_string(),
-                "must be between 1 and 100000",
-            );
-            DEFAULT_MAX_FLOWS
-        }
-    };
+    let max_flows = v.count(
+        "tunnel.max_flows",
+        t.max_flows,
+        DEFAULT_MAX_FLOWS,
+        1,
+        100_000,
+    );
     let fec = fec_setting(v, &t.fec);
     let tunnel = Tunnel {
         stream_receive_window: v.bytes(

@@ -105,7 +105,14 @@ pub(crate) struct RawLimits {
 }
 
 impl V {
-    fn count(&mut self, path: &str, v: Option<i64>, default: u32, min: u32, max: u32) -> u32 {
+    pub(crate) fn count(
+        &mut self,
+        path: &str,
+        v: Option<i64>,
+        default: u32,
+        min: u32,
+        max: u32,
+    ) -> u32 {
         match v {
             None => default,
             Some(n) if (i64::from(min)..=i64::from(max)).contains(&n) => n as u32,
