@@ -81,6 +81,29 @@ impl LimitReason {
     }
 }
 
+/// Distinct (route, direction) pairs one per-route registry keeps. A route name can come from
+/// a peer (an edge's proxy route, carried in `Open`), so the label set must be bounded: routes
+/// beyond it are counted under [`OVERFLOW_ROUTE`].
+pub const MAX_ROUTE_LABELS: usize = 1024;
+/// The route label every route beyond [`MAX_ROUTE_LABELS`] shares.
+pub const OVERFLOW_ROUTE: &str = "other";
+
+/// The entry of `route` in a per-route registry, created on first use; once the registry holds
+/// [`MAX_ROUTE_LABELS`] pairs, new routes share [`OVERFLOW_ROUTE`]'s entry.
+pub fn route_entry<T: Default + Clone>(
+    m: &mut BTreeMap<(String, Direction), T>,
+    route: &str,
+    direction: Direction,
+) -> T {
+    let key = (route.to_string(), direction);
+    let key = if m.contains_key(&key) || m.len() < MAX_ROUTE_LABELS {
+        key
+    } else {
+        (OVERFLOW_ROUTE.to_string(), direction)
+    };
+    m.entry(key).or_default().clone()
+}
+
 /// Counters of one route in one direction, as seen by this process.
 #[derive(Debug, Default)]
 pub struct RouteStats {
@@ -242,7 +265,7 @@ impl Metrics {
     /// Counters of `route` in `direction` (created on first use).
     pub fn route(&self, route: &str, direction: Direction) -> Arc<RouteStats> {
         let mut m = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry((route.to_string(), direction)).or_default().clone()
+        route_entry(&mut m, route, direction)
     }
 
     /// Counts an open flow until the guard drops.
@@ -671,5 +694,31 @@ mod tests {
         assert_eq!(j["logical_bytes"], 1234);
         assert_eq!(j["routes"][0]["route"], "origin");
         assert_eq!(j["routes"][0]["wan_bytes"], 100);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod route_label_tests {
+    use super::*;
+
+    #[test]
+    fn routes_beyond_the_label_bound_share_one_entry() {
+        let m = Metrics::new("core");
+        for i in 0..MAX_ROUTE_LABELS + 500 {
+            m.route(&format!("r{i}"), Direction::Upload)
+                .flows
+                .fetch_add(1, Relaxed);
+        }
+        let routes = m.routes();
+        assert_eq!(routes.len(), MAX_ROUTE_LABELS + 1);
+        let other = routes.iter().find(|r| r.route == OVERFLOW_ROUTE).unwrap();
+        assert_eq!(other.flows, 500);
+        // A route that got its own entry keeps it.
+        m.route("r0", Direction::Upload).flows.fetch_add(1, Relaxed);
+        assert_eq!(
+            m.routes().iter().find(|r| r.route == "r0").unwrap().flows,
+            2
+        );
     }
 }

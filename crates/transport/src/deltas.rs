@@ -27,12 +27,8 @@ impl Deltas {
 
     /// Counters of `route` in `direction`.
     pub fn stats(&self, route: &str, direction: Direction) -> Arc<DeltaStats> {
-        self.stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((route.to_string(), direction))
-            .or_default()
-            .clone()
+        let mut m = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        strait_admin::route_entry(&mut m, route, direction)
     }
 
     /// `strait_delta_*` families.
