@@ -44,23 +44,28 @@ fn literals(frames: &[Frame]) -> Vec<(WireId, u32)> {
         .collect()
 }
 
-#[test]
-fn a_want_repeating_one_held_chunk_4096_times_yields_one_supply() {
-    let tx = side();
+/// An encoder holding 2 MiB of random chunks (each near the 256 KiB max) and the largest one.
+fn holding_large_chunks(tx: &Side) -> (FlowEncoder, WireId, u32) {
     let chunker = ChunkerConfig::new(64 << 10, 128 << 10, 256 << 10).unwrap();
-    let mut enc = encoder(&tx, chunker, 64 << 20);
+    let mut enc = encoder(tx, chunker, 64 << 20);
     let mut wire = BytesMut::new();
-    // Random bytes: chunks end at the max (256 KiB) or near it.
     enc.push(&data(7, 2 << 20)[1 << 20..], &mut wire);
     enc.finish(&mut wire);
     let lits = literals(&frames(&wire));
     let (id, len) = *lits.iter().max_by_key(|(_, l)| *l).unwrap();
     assert!(len >= 128 << 10, "largest chunk only {len} bytes");
-    let peer = tx.store.peer_slot("rx").unwrap();
-    assert!(tx.store.peer_has(&id, peer));
-    // A 131 KB want naming it 4,096 times: queued once.
-    enc.on_want(&vec![id; strait_wire::MAX_REFS_PER_FRAME])
-        .unwrap();
+    (enc, id, len)
+}
+
+#[test]
+fn a_want_repeating_one_held_chunk_4096_times_is_reset_after_queueing_one_supply() {
+    let tx = side();
+    let (mut enc, id, len) = holding_large_chunks(&tx);
+    // A 131 KB want naming it 4,096 times: one supply queued, the third naming is refused.
+    let e = enc
+        .on_want(&vec![id; strait_wire::MAX_REFS_PER_FRAME])
+        .unwrap_err();
+    assert!(matches!(e, Error::RepeatedWant { wants: 3, .. }), "{e}");
     let mut out = BytesMut::new();
     let mut polls = 0;
     while enc.poll_supply(&mut out) {
@@ -68,21 +73,43 @@ fn a_want_repeating_one_held_chunk_4096_times_yields_one_supply() {
     }
     assert_eq!(polls, 1);
     let supplies = frames(&out);
-    assert_eq!(supplies.len(), 1);
-    assert!(matches!(&supplies[0], Frame::Supply { id: s, len: l, .. } if *s == id && *l == len));
+    assert!(
+        matches!(&supplies[..], [Frame::Supply { id: s, len: l, .. }] if *s == id && *l == len)
+    );
     assert!(
         out.len() < len as usize + 128,
         "{} bytes for one chunk",
         out.len()
     );
+}
+
+#[test]
+fn a_wanted_chunk_is_supplied_once_per_want_and_marked_again_only_at_the_ack() {
+    let tx = side();
+    let (mut enc, id, _) = holding_large_chunks(&tx);
+    let peer = tx.store.peer_slot("rx").unwrap();
+    assert!(tx.store.peer_has(&id, peer));
+    enc.on_want(&[id]).unwrap();
+    assert!(enc.poll_supply(&mut BytesMut::new()));
+    assert!(!enc.poll_supply(&mut BytesMut::new()));
     // Not referenced again until the peer acknowledged the supplied copy.
     assert!(!tx.store.peer_has(&id, peer));
     // One re-want (a failed verification) is answered; the next is a protocol error.
-    enc.on_want(&[id, id]).unwrap();
+    enc.on_want(&[id]).unwrap();
     assert!(enc.poll_supply(&mut BytesMut::new()));
     assert!(!enc.poll_supply(&mut BytesMut::new()));
     let e = enc.on_want(&[id]).unwrap_err();
     assert!(matches!(e, Error::RepeatedWant { wants: 3, .. }), "{e}");
+    // A duplicate of a supply still queued counts too.
+    let (mut enc2, id2, _) = holding_large_chunks(&side());
+    enc2.on_want(&[id2]).unwrap();
+    enc2.on_want(&[id2]).unwrap();
+    assert!(matches!(
+        enc2.on_want(&[id2]),
+        Err(Error::RepeatedWant { wants: 3, .. })
+    ));
+    assert!(enc2.poll_supply(&mut BytesMut::new()));
+    assert!(!enc2.poll_supply(&mut BytesMut::new()));
     // Acknowledged: marked for the peer again, exactly then.
     assert!(!tx.store.peer_has(&id, peer));
     enc.on_ack(enc.sent_items()).unwrap();

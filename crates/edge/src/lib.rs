@@ -176,6 +176,7 @@ impl Edge {
         let h2 = http.clone();
         metrics.add_extra(move || h2.metric_families());
         let deltas = strait_transport::deltas::Deltas::new(cfg.dedup.sketch_index_bytes);
+        deltas.load_hints(&store);
         let d2 = deltas.clone();
         metrics.add_extra(move || d2.families());
         let shared = Arc::new(Shared {
@@ -353,6 +354,7 @@ impl Edge {
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.flows.wait()).await;
         endpoint.close(quinn::VarInt::from_u32(0), b"edge shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        shared.engine.deltas.save_hints(&shared.store);
         if let Err(e) = shared.store.flush() {
             tracing::warn!(error = %e, "chunk store flush failed");
         }
