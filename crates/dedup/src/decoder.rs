@@ -130,6 +130,11 @@ impl FlowDecoder {
         self
     }
 
+    /// The longest chunk the peer may send (its announced `max_chunk`).
+    pub fn peer_max_chunk(&self) -> usize {
+        self.max_chunk
+    }
+
     /// Charges what this decoder holds to `budget`. Never blocks: supplies arrive on the same
     /// stream as the data that made this side ask for them.
     pub fn with_budget(mut self, budget: &Budget) -> Self {

@@ -494,7 +494,7 @@ fn a_lost_part_completed_by_a_literal_is_checked_when_both_are_supplied() {
 }
 
 #[test]
-fn an_exhausted_budget_holds_the_client_back_above_one_chunk_and_drop_releases_it() {
+fn an_exhausted_budget_holds_the_client_back_at_one_item_in_flight_and_drop_releases_it() {
     let tx = side();
     let budget = Budget::new(64 << 10);
     let mut enc = encoder(&tx, small_chunks(), 64 << 20).with_budget(&budget);
@@ -510,6 +510,19 @@ fn an_exhausted_budget_holds_the_client_back_above_one_chunk_and_drop_releases_i
     );
     enc.on_ack(enc.sent_items()).unwrap();
     assert!(!enc.window_full());
+    // Past the budget (held by others), one item in flight is the floor: a flow holding one
+    // chunk, far less than a max chunk, waits for its acknowledgement.
+    let mut others = budget.charge();
+    others.set(1 << 20);
+    let mut one = encoder(&side(), small_chunks(), 64 << 20).with_budget(&budget);
+    assert!(!one.window_full());
+    one.push(&data(18, 12_000), &mut BytesMut::new());
+    let held = one.unacked_bytes();
+    assert!(held > 0 && held < 12_000, "held {held} bytes");
+    assert!(one.window_full());
+    one.on_ack(one.sent_items()).unwrap();
+    assert!(!one.window_full());
+    drop((one, others));
     // A decoder charges the same budget, and releases on drop.
     let rx = side();
     let mut dec = lone_decoder(&rx).with_budget(&budget);
