@@ -608,3 +608,38 @@ fn a_run_item_whose_base_resolves_to_another_length_is_a_miss_not_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn a_decoder_awaits_a_supply_from_its_want_until_the_supply_arrives() {
+    let rx = side();
+    let mut dec = lone_decoder(&rx);
+    let hasher = ChunkHasher::new(KEY);
+    let chunk = data(19, 5000);
+    let id = hasher.id(&chunk).0;
+    assert!(!dec.awaits_supply());
+    let mut wants = Vec::new();
+    dec.on_frame(
+        Frame::Refs(vec![ChunkRef {
+            id,
+            len: chunk.len() as u32,
+        }]),
+        &mut wants,
+    )
+    .unwrap();
+    assert_eq!(wants, vec![id]);
+    // Nothing to deliver, and the pump must read on past the budget to get the supply.
+    assert!(dec.awaits_supply());
+    assert!(dec.pop_ready().is_none());
+    dec.on_frame(
+        Frame::Supply {
+            id,
+            codec: 0,
+            len: chunk.len() as u32,
+            payload: chunk.clone().into(),
+        },
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert!(!dec.awaits_supply());
+    assert_eq!(dec.pop_ready().as_deref(), Some(&chunk[..]));
+}

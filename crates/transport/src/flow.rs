@@ -445,10 +445,13 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 // receive window that every other flow of the tunnel shares. The decoder holds
                 // it instead, bounded by the flow window (a peer sending past it is reset). Past
                 // the budget, a flow reads on only while it holds less than one of the peer's
-                // frames (so the frame its client waits for can always complete).
+                // frames (so the frame its client waits for can always complete) or while it
+                // waits for a supply (which comes behind what the peer sent meanwhile, bounded
+                // by the flow window).
                 let may_read = !stream_done
                     && (!budget.is_exhausted()
-                        || decoder.held_bytes() + (fd.buffered() as u64) < read_floor);
+                        || decoder.held_bytes() + (fd.buffered() as u64) < read_floor
+                        || decoder.awaits_supply());
                 tokio::select! {
                     biased;
                     w = async {
