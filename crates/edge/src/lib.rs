@@ -69,6 +69,9 @@ pub enum OpenError {
     /// Opening the stream failed.
     #[error("opening a stream: {0}")]
     Stream(String),
+    /// The core granted no stream (QUIC stream credit) within `limits.open_timeout`.
+    #[error("the core allowed no new stream within {0:?} (tunnel.max_flows streams open)")]
+    NoStreamCredit(Duration),
 }
 
 struct Shared {
@@ -570,9 +573,11 @@ async fn open_flow(
     verdict: &strait_classify::Verdict,
 ) -> Result<OpenedFlow, OpenError> {
     let conn = sh.connection().await?;
-    let (send, recv) = conn
-        .open_bi()
+    // Bounded: a client must get an error, not wait for ever on a stream the core never grants.
+    let wait = sh.cfg.limits.open_timeout;
+    let (send, recv) = tokio::time::timeout(wait, conn.open_bi())
         .await
+        .map_err(|_| OpenError::NoStreamCredit(wait))?
         .map_err(|e| OpenError::Stream(e.to_string()))?;
     let mut stream = StreamGuard::new(send, recv);
     let send = &mut stream.send;
