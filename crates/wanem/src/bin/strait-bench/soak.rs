@@ -192,12 +192,22 @@ struct Counters {
     first_errors: std::sync::Mutex<Vec<String>>,
 }
 
+/// Pending connections the origin's listener queues (the kernel caps it at somaxconn).
+pub const ORIGIN_BACKLOG: i32 = 4096;
 /// Client errors whose message is kept and printed.
 pub const KEPT_ERRORS: usize = 5;
 
 /// The origin: for each connection, reads one request byte, sends the file, closes.
 fn origin(file: Arc<Vec<u8>>) -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
+    // std listens with a backlog of 128: when a thousand clients finish a round together, the
+    // core's thousand upstream connects overflow it, the dropped handshakes leave flows waiting
+    // on a request the origin never accepted, and those flows hold the tunnel's stream slots.
+    // Listening again on Linux only raises the backlog.
+    // SAFETY: listen(2) on a socket this function owns; no memory is passed.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), ORIGIN_BACKLOG) } != 0 {
+        bail!("listen: {}", std::io::Error::last_os_error());
+    }
     let addr = l.local_addr()?;
     std::thread::Builder::new()
         .name("soak-origin".into())
