@@ -219,7 +219,8 @@ fuzz_target!(|data: &[u8]| {
                 })
             }
             4 => {
-                // One want per held item: each of them queued once however often it repeats.
+                // Every held item named n / held times: each queued once, a third naming (before
+                // its ack) fails the flow.
                 let n = usize::from(input.u8());
                 let want: Vec<WireId> = wantable.iter().copied().cycle().take(n).collect();
                 enc.on_want(&want)

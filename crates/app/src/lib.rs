@@ -2,6 +2,7 @@
 //! plus the `demo` that runs a whole pair on loopback. The `strait` binary is a thin shell over
 //! this crate.
 
+pub mod alloc;
 pub mod demo;
 pub mod stats;
 
@@ -136,6 +137,7 @@ pub struct Running {
 /// Starts the role the config is for. Stops (draining) when `shutdown` is cancelled.
 pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let role = if cfg.core.is_some() { "core" } else { "edge" };
+    alloc::spawn_trim(shutdown.clone());
     let metrics = Metrics::new(role);
     let store = open_store(&cfg, &metrics)?;
     let admin_options = strait_admin::AdminOptions {

@@ -236,6 +236,7 @@ impl Core {
             })
             .collect();
         let deltas = strait_transport::deltas::Deltas::new(cfg.dedup.sketch_index_bytes);
+        deltas.load_hints(&store);
         let d2 = deltas.clone();
         metrics.add_extra(move || d2.families());
         let shared = Arc::new(Shared {
@@ -318,6 +319,7 @@ impl Core {
         }
         endpoint.close(quinn::VarInt::from_u32(0), b"core shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        shared.engine.deltas.save_hints(&shared.store);
         if let Err(e) = shared.store.flush() {
             tracing::warn!(error = %e, "chunk store flush failed");
         }

@@ -130,6 +130,18 @@ impl FlowDecoder {
         self
     }
 
+    /// Whether a supply this decoder asked for is still to come. It arrives on this stream,
+    /// behind whatever the peer sent meanwhile (at most its window, else a reset), so the flow
+    /// must read on to get it whatever the budget says.
+    pub fn awaits_supply(&self) -> bool {
+        !self.waiting.is_empty() || !self.run_waiting.is_empty()
+    }
+
+    /// The longest chunk the peer may send (its announced `max_chunk`).
+    pub fn peer_max_chunk(&self) -> usize {
+        self.max_chunk
+    }
+
     /// Charges what this decoder holds to `budget`. Never blocks: supplies arrive on the same
     /// stream as the data that made this side ask for them.
     pub fn with_budget(mut self, budget: &Budget) -> Self {

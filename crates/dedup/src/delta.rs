@@ -1,7 +1,7 @@
 //! Delta settings and counters shared by encoders and decoders.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-pub use strait_sketch::{IndexStats, SketchIndex, DEFAULT_INDEX_BYTES};
+pub use strait_sketch::{IndexStats, Restored, SketchIndex, SnapshotError, DEFAULT_INDEX_BYTES};
 
 /// Default `max_bases`: with delta runs every chunk has one base (the run's other bases are in
 /// its prefix too); this bounds how many candidates are considered (twice this many).

@@ -366,6 +366,37 @@ impl FlowEncoder {
         self.partial.len() > self.previewed || !self.refs.is_empty() || self.run_open()
     }
 
+    /// Frees the scratch buffers (compression output, delta prefix and payload) while the
+    /// flow waits on its window: a thousand flows held back by the budget keep their data, not
+    /// a chunk-sized scratch buffer each. They are allocated again on the next chunk.
+    pub fn release_buffers(&mut self) {
+        self.scratch = Vec::new();
+        if self.refs.is_empty() {
+            self.refs = Vec::new();
+        }
+        if let Some(d) = self.delta.as_mut().filter(|d| d.run.is_none()) {
+            d.prefix = Vec::new();
+            d.payload = Vec::new();
+            d.output = Vec::new();
+        }
+        self.recharge();
+    }
+
+    /// Whether items are held back unsent (references batched, a delta run open): the peer
+    /// cannot acknowledge them until [`FlowEncoder::flush_items`] or [`FlowEncoder::flush`].
+    pub fn has_unsent_items(&self) -> bool {
+        !self.refs.is_empty() || self.run_open()
+    }
+
+    /// Sends the batched references and the open run, but not the partial chunk: when the
+    /// window is full the client is not idle, it is held back, and only acknowledgements of
+    /// these items can let it go on.
+    pub fn flush_items(&mut self, out: &mut BytesMut) {
+        self.close_run(out);
+        self.emit_refs(out);
+        self.recharge();
+    }
+
     fn run_open(&self) -> bool {
         self.delta.as_ref().is_some_and(|d| d.run.is_some())
     }
@@ -538,11 +569,12 @@ impl FlowEncoder {
 
     /// Whether to stop reading the client: the window of unacknowledged items (counted at
     /// least [`MIN_SLOT_BYTES`] each) is full, or the budget this encoder charges is exhausted
-    /// while it holds more than one maximal chunk (the floor that lets every flow progress).
+    /// while it holds any unacknowledged item. The floor that lets every flow progress past
+    /// the budget is one item in flight (and the partial chunk after it): a thousand flows
+    /// over budget hold about a thousand average chunks, not a thousand windows.
     pub fn window_full(&self) -> bool {
         self.held_cost >= self.cfg.window
-            || (self.held_cost > self.cfg.chunker.max() as u64
-                && self.charge.budget().is_exhausted())
+            || (self.held_cost > 0 && self.charge.budget().is_exhausted())
     }
 
     /// Whether everything sent has been acknowledged.

@@ -44,23 +44,28 @@ fn literals(frames: &[Frame]) -> Vec<(WireId, u32)> {
         .collect()
 }
 
-#[test]
-fn a_want_repeating_one_held_chunk_4096_times_yields_one_supply() {
-    let tx = side();
+/// An encoder holding 2 MiB of random chunks (each near the 256 KiB max) and the largest one.
+fn holding_large_chunks(tx: &Side) -> (FlowEncoder, WireId, u32) {
     let chunker = ChunkerConfig::new(64 << 10, 128 << 10, 256 << 10).unwrap();
-    let mut enc = encoder(&tx, chunker, 64 << 20);
+    let mut enc = encoder(tx, chunker, 64 << 20);
     let mut wire = BytesMut::new();
-    // Random bytes: chunks end at the max (256 KiB) or near it.
     enc.push(&data(7, 2 << 20)[1 << 20..], &mut wire);
     enc.finish(&mut wire);
     let lits = literals(&frames(&wire));
     let (id, len) = *lits.iter().max_by_key(|(_, l)| *l).unwrap();
     assert!(len >= 128 << 10, "largest chunk only {len} bytes");
-    let peer = tx.store.peer_slot("rx").unwrap();
-    assert!(tx.store.peer_has(&id, peer));
-    // A 131 KB want naming it 4,096 times: queued once.
-    enc.on_want(&vec![id; strait_wire::MAX_REFS_PER_FRAME])
-        .unwrap();
+    (enc, id, len)
+}
+
+#[test]
+fn a_want_repeating_one_held_chunk_4096_times_is_reset_after_queueing_one_supply() {
+    let tx = side();
+    let (mut enc, id, len) = holding_large_chunks(&tx);
+    // A 131 KB want naming it 4,096 times: one supply queued, the third naming is refused.
+    let e = enc
+        .on_want(&vec![id; strait_wire::MAX_REFS_PER_FRAME])
+        .unwrap_err();
+    assert!(matches!(e, Error::RepeatedWant { wants: 3, .. }), "{e}");
     let mut out = BytesMut::new();
     let mut polls = 0;
     while enc.poll_supply(&mut out) {
@@ -68,21 +73,43 @@ fn a_want_repeating_one_held_chunk_4096_times_yields_one_supply() {
     }
     assert_eq!(polls, 1);
     let supplies = frames(&out);
-    assert_eq!(supplies.len(), 1);
-    assert!(matches!(&supplies[0], Frame::Supply { id: s, len: l, .. } if *s == id && *l == len));
+    assert!(
+        matches!(&supplies[..], [Frame::Supply { id: s, len: l, .. }] if *s == id && *l == len)
+    );
     assert!(
         out.len() < len as usize + 128,
         "{} bytes for one chunk",
         out.len()
     );
+}
+
+#[test]
+fn a_wanted_chunk_is_supplied_once_per_want_and_marked_again_only_at_the_ack() {
+    let tx = side();
+    let (mut enc, id, _) = holding_large_chunks(&tx);
+    let peer = tx.store.peer_slot("rx").unwrap();
+    assert!(tx.store.peer_has(&id, peer));
+    enc.on_want(&[id]).unwrap();
+    assert!(enc.poll_supply(&mut BytesMut::new()));
+    assert!(!enc.poll_supply(&mut BytesMut::new()));
     // Not referenced again until the peer acknowledged the supplied copy.
     assert!(!tx.store.peer_has(&id, peer));
     // One re-want (a failed verification) is answered; the next is a protocol error.
-    enc.on_want(&[id, id]).unwrap();
+    enc.on_want(&[id]).unwrap();
     assert!(enc.poll_supply(&mut BytesMut::new()));
     assert!(!enc.poll_supply(&mut BytesMut::new()));
     let e = enc.on_want(&[id]).unwrap_err();
     assert!(matches!(e, Error::RepeatedWant { wants: 3, .. }), "{e}");
+    // A duplicate of a supply still queued counts too.
+    let (mut enc2, id2, _) = holding_large_chunks(&side());
+    enc2.on_want(&[id2]).unwrap();
+    enc2.on_want(&[id2]).unwrap();
+    assert!(matches!(
+        enc2.on_want(&[id2]),
+        Err(Error::RepeatedWant { wants: 3, .. })
+    ));
+    assert!(enc2.poll_supply(&mut BytesMut::new()));
+    assert!(!enc2.poll_supply(&mut BytesMut::new()));
     // Acknowledged: marked for the peer again, exactly then.
     assert!(!tx.store.peer_has(&id, peer));
     enc.on_ack(enc.sent_items()).unwrap();
@@ -467,7 +494,7 @@ fn a_lost_part_completed_by_a_literal_is_checked_when_both_are_supplied() {
 }
 
 #[test]
-fn an_exhausted_budget_holds_the_client_back_above_one_chunk_and_drop_releases_it() {
+fn an_exhausted_budget_holds_the_client_back_at_one_item_in_flight_and_drop_releases_it() {
     let tx = side();
     let budget = Budget::new(64 << 10);
     let mut enc = encoder(&tx, small_chunks(), 64 << 20).with_budget(&budget);
@@ -483,6 +510,19 @@ fn an_exhausted_budget_holds_the_client_back_above_one_chunk_and_drop_releases_i
     );
     enc.on_ack(enc.sent_items()).unwrap();
     assert!(!enc.window_full());
+    // Past the budget (held by others), one item in flight is the floor: a flow holding one
+    // chunk, far less than a max chunk, waits for its acknowledgement.
+    let mut others = budget.charge();
+    others.set(1 << 20);
+    let mut one = encoder(&side(), small_chunks(), 64 << 20).with_budget(&budget);
+    assert!(!one.window_full());
+    one.push(&data(18, 12_000), &mut BytesMut::new());
+    let held = one.unacked_bytes();
+    assert!(held > 0 && held < 12_000, "held {held} bytes");
+    assert!(one.window_full());
+    one.on_ack(one.sent_items()).unwrap();
+    assert!(!one.window_full());
+    drop((one, others));
     // A decoder charges the same budget, and releases on drop.
     let rx = side();
     let mut dec = lone_decoder(&rx).with_budget(&budget);
@@ -567,4 +607,39 @@ fn a_run_item_whose_base_resolves_to_another_length_is_a_miss_not_an_error() {
         ),
         "{e}"
     );
+}
+
+#[test]
+fn a_decoder_awaits_a_supply_from_its_want_until_the_supply_arrives() {
+    let rx = side();
+    let mut dec = lone_decoder(&rx);
+    let hasher = ChunkHasher::new(KEY);
+    let chunk = data(19, 5000);
+    let id = hasher.id(&chunk).0;
+    assert!(!dec.awaits_supply());
+    let mut wants = Vec::new();
+    dec.on_frame(
+        Frame::Refs(vec![ChunkRef {
+            id,
+            len: chunk.len() as u32,
+        }]),
+        &mut wants,
+    )
+    .unwrap();
+    assert_eq!(wants, vec![id]);
+    // Nothing to deliver, and the pump must read on past the budget to get the supply.
+    assert!(dec.awaits_supply());
+    assert!(dec.pop_ready().is_none());
+    dec.on_frame(
+        Frame::Supply {
+            id,
+            codec: 0,
+            len: chunk.len() as u32,
+            payload: chunk.clone().into(),
+        },
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert!(!dec.awaits_supply());
+    assert_eq!(dec.pop_ready().as_deref(), Some(&chunk[..]));
 }

@@ -117,24 +117,20 @@ impl Edge {
         let edge = cfg.edge.clone().ok_or(Error::NotEdge)?;
         let mut listeners = Vec::new();
         for f in &edge.forwards {
-            let l = TcpListener::bind(f.listen)
-                .await
-                .map_err(|source| Error::Listen {
-                    name: f.name.clone(),
-                    addr: f.listen,
-                    source,
-                })?;
+            let l = listen(f.listen).map_err(|source| Error::Listen {
+                name: f.name.clone(),
+                addr: f.listen,
+                source,
+            })?;
             listeners.push((f.clone(), l));
         }
         let mut proxies = Vec::new();
         for p in &edge.proxies {
-            let l = TcpListener::bind(p.listen)
-                .await
-                .map_err(|source| Error::Listen {
-                    name: p.name.clone(),
-                    addr: p.listen,
-                    source,
-                })?;
+            let l = listen(p.listen).map_err(|source| Error::Listen {
+                name: p.name.clone(),
+                addr: p.listen,
+                source,
+            })?;
             proxies.push((p.clone(), l));
         }
         let core_addr = resolve(&edge.core).await.map_err(|e| {
@@ -176,6 +172,7 @@ impl Edge {
         let h2 = http.clone();
         metrics.add_extra(move || h2.metric_families());
         let deltas = strait_transport::deltas::Deltas::new(cfg.dedup.sketch_index_bytes);
+        deltas.load_hints(&store);
         let d2 = deltas.clone();
         metrics.add_extra(move || d2.families());
         let shared = Arc::new(Shared {
@@ -353,10 +350,29 @@ impl Edge {
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.flows.wait()).await;
         endpoint.close(quinn::VarInt::from_u32(0), b"edge shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        shared.engine.deltas.save_hints(&shared.store);
         if let Err(e) = shared.store.flush() {
             tracing::warn!(error = %e, "chunk store flush failed");
         }
     }
+}
+
+/// Pending connections a client-facing listener queues before it accepts them (the kernel caps
+/// it at `net.core.somaxconn`, 4,096 on current kernels). std's 128 dropped the handshakes of
+/// a thousand clients reconnecting at once (a soak's round of slow downloads ending together):
+/// their SYN-ACKs were retried for a minute while the clients waited on a request already sent.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A client-facing listener on `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(LISTEN_BACKLOG)
 }
 
 impl Shared {

@@ -112,6 +112,26 @@ impl Chain {
         }
     }
 
+    /// Live entries, oldest first: `(peer, id, successor's id prefix)`.
+    pub(crate) fn live(&self) -> Vec<(u8, [u8; 32], Option<u64>)> {
+        self.ring
+            .iter()
+            .filter_map(|(k, s)| {
+                let e = self.map.get(k).filter(|e| e.seq == *s)?;
+                Some((k.0, e.id, e.next))
+            })
+            .collect()
+    }
+
+    /// Re-inserts an entry [`Chain::live`] listed (oldest first keeps the eviction order).
+    pub(crate) fn restore(&mut self, peer: u8, id: &[u8; 32], next: Option<u64>) {
+        let k = (peer, id_prefix(id));
+        self.touch(k, id);
+        if let Some(e) = self.map.get_mut(&k) {
+            e.next = next;
+        }
+    }
+
     pub(crate) fn resolve(&self, peer: u8, prefix: u64) -> Option<[u8; 32]> {
         self.map.get(&(peer, prefix)).map(|e| e.id)
     }

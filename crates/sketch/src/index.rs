@@ -184,6 +184,22 @@ impl SketchIndex {
             .collect()
     }
 
+    /// Live sketch entries, oldest first.
+    pub(crate) fn live_sketches(&self) -> Vec<([u8; 32], Sketch)> {
+        let g = self.lock();
+        g.ring
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| g.by_id.get(&key(&s.id)) == Some(&(g.head + *i as u64)))
+            .map(|(_, s)| (s.id, s.sketch))
+            .collect()
+    }
+
+    /// The chain map, locked (for [`crate::snapshot`]).
+    pub(crate) fn chain_map(&self) -> MutexGuard<'_, Chain> {
+        self.chain()
+    }
+
     /// Gauges for metrics.
     pub fn stats(&self) -> IndexStats {
         let g = self.lock();

@@ -30,10 +30,12 @@
 mod chain;
 mod delta;
 mod index;
+mod snapshot;
 
 pub use chain::{id_prefix, CHAIN_ENTRY_BYTES, MAX_CHAIN_STEPS};
 pub use delta::{DeltaDecoder, DeltaEncoder, MAX_PREFIX_LEN, MAX_WINDOW_LOG};
 pub use index::{IndexStats, SketchIndex, DEFAULT_INDEX_BYTES, ENTRY_BYTES, MIN_INDEX_BYTES};
+pub use snapshot::{Restored, SnapshotError};
 
 /// Super-features per sketch.
 pub const SUPER_FEATURES: usize = 4;

@@ -104,6 +104,7 @@
 //! Unix only (`pread`/`pwrite`, `flock`).
 
 mod files;
+mod hints;
 mod index;
 mod peers;
 pub mod record;
@@ -310,6 +311,12 @@ pub enum Error {
         len: usize,
         /// [`MAX_PEER_NAME_LEN`].
         max: usize,
+    },
+    /// The hints file failed validation (it is not loaded).
+    #[error("hints file is invalid: {reason}")]
+    HintsInvalid {
+        /// What was wrong.
+        reason: &'static str,
     },
     /// The peer table file failed validation.
     #[error("peer table is invalid: {reason}")]

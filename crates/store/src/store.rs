@@ -487,6 +487,30 @@ impl Store {
         }
     }
 
+    /// Replaces the hints file (see `hints`) with `body`, atomically.
+    pub fn save_hints(&self, body: &[u8]) -> Result<(), Error> {
+        self.vfs.replace(
+            crate::hints::FILE_NAME,
+            crate::hints::TMP_NAME,
+            &crate::hints::encode(body),
+        )
+    }
+
+    /// The body of the hints file, `None` when there is none; a damaged file or one whose body
+    /// is over `max` bytes is an error (and nothing is loaded).
+    pub fn load_hints(&self, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        match self
+            .vfs
+            .read_small(crate::hints::FILE_NAME, max.saturating_add(12))?
+        {
+            crate::vfs::Small::Missing => Ok(None),
+            crate::vfs::Small::TooLarge => Err(Error::HintsInvalid {
+                reason: "larger than the index it would fill",
+            }),
+            crate::vfs::Small::Bytes(b) => crate::hints::decode(b).map(Some),
+        }
+    }
+
     /// Fsyncs the head segment and waits for the previous head's fsync.
     pub fn flush(&self) -> Result<(), Error> {
         let mut inner = self.lock();

@@ -204,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    strait_app::alloc::tune();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

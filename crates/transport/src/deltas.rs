@@ -6,6 +6,10 @@ use std::sync::{Arc, Mutex};
 use strait_admin::{Direction, ExtraFamily};
 use strait_dedup::{DeltaStats, SketchIndex};
 
+/// Hints files from an index up to this many times larger than ours are read (keeping the
+/// newest entries): a process whose `sketch_index_bytes` was lowered keeps what fits.
+const HINTS_FACTOR: usize = 4;
+
 /// One process's delta counters and its sketch index.
 pub struct Deltas {
     /// The sketch index shared by every flow.
@@ -23,6 +27,35 @@ impl Deltas {
             versions: Arc::new(crate::versions::Versions::new()),
             stats: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Restores the sketch index from the store's hints file, the snapshot a clean shutdown
+    /// left ([`Deltas::save_hints`]): without it the first repeat after a restart finds no
+    /// delta base and predicts no chunk, so every pause of its sender costs a literal
+    /// preview. A damaged or foreign file is logged and ignored (the index starts empty).
+    pub fn load_hints(&self, store: &strait_store::Store) {
+        let max = self.index.snapshot_bound(HINTS_FACTOR);
+        match store.load_hints(max) {
+            Ok(None) => {}
+            Ok(Some(b)) => match self.index.restore(&b) {
+                Ok(r) => tracing::info!(
+                    sketches = r.sketches,
+                    chain = r.chain,
+                    "sketch index restored from the store's hints"
+                ),
+                Err(e) => tracing::warn!(error = %e, "store hints ignored"),
+            },
+            Err(e) => tracing::warn!(error = %e, "store hints ignored"),
+        }
+    }
+
+    /// Saves the sketch index to the store's hints file (at a clean shutdown).
+    pub fn save_hints(&self, store: &strait_store::Store) {
+        let snap = self.index.snapshot();
+        match store.save_hints(&snap) {
+            Ok(()) => tracing::debug!(bytes = snap.len(), "sketch index saved to the store"),
+            Err(e) => tracing::warn!(error = %e, "saving the sketch index failed"),
+        }
     }
 
     /// Counters of `route` in `direction`.

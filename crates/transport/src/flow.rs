@@ -3,11 +3,18 @@
 //!
 //! Memory per flow is bounded: the sender holds at most `dedup.flow_window` unacknowledged bytes
 //! (it stops reading its client beyond that, or once the process-wide [`Budget`] is exhausted
-//! and it holds more than one chunk — backpressure), the receiver queues at most twice that plus
-//! one of the peer's max chunks while waiting for a missed chunk (more is a reset), plus one read
-//! buffer ([`READ_BUF`]), one partial chunk (≤ `dedup.max_chunk`) and one batch of supplies
-//! ([`MAX_SUPPLY_BATCH`]) per direction. Encoder, decoder and the pump's buffers charge the
-//! budget with what they hold.
+//! and it holds any unacknowledged item — backpressure, with one item in flight as the floor),
+//! the receiver queues at most twice that plus one of the peer's max chunks while waiting for a
+//! missed chunk (more is a reset), plus one read buffer ([`FIRST_READ_BUF`], [`READ_BUF`] once
+//! the client sends in bulk, freed while the window holds the client back), one partial chunk
+//! (≤ `dedup.max_chunk`) and one batch of supplies ([`MAX_SUPPLY_BATCH`]) per direction.
+//! Encoder, decoder and the pump's buffers charge the budget with what they hold.
+//!
+//! Fairness between the flows of one tunnel: the receiving half reads the QUIC stream while it
+//! writes its client (within the budget, else up to one frame), so a slow client's data waits in
+//! the decoder and never in QUIC's buffers, where it would hold the connection receive window
+//! that all the tunnel's flows share; and a sender held back by its window sends the items it
+//! batched at once, since only their acknowledgement can let it go on.
 //!
 //! Supplies answering the peer's `Want`s are emitted one chunk at a time, at most
 //! [`MAX_SUPPLY_BATCH`] bytes between two tunnel writes, never as one buffer the size of a want.
@@ -36,10 +43,15 @@ use tokio::time::Instant;
 /// per direction, the receive side's QUIC reads included), so 1,000 flows hold 128 MiB rather
 /// than 512 MiB at 256 KiB; the encoder cost per byte is unchanged (BENCHMARKS.md, pipeline).
 pub const READ_BUF: usize = 64 * 1024;
+/// First read buffer of a flow's client: grown to [`READ_BUF`] once a read fills it.
+pub const FIRST_READ_BUF: usize = 4 * 1024;
 /// Most supply bytes encoded between two tunnel writes: a want naming the whole window is
 /// answered in batches, never in one buffer (4 default chunks).
 pub const MAX_SUPPLY_BATCH: usize = 1 << 20;
 pub use strait_dedup::DEFAULT_FLOW_BUDGET;
+/// Bytes beyond the peer's max chunk that one frame carrying such a chunk may take (header,
+/// id, lengths): a receiver past its budget still reads a flow up to one whole frame.
+pub const FRAME_SLACK: u64 = 4096;
 /// Control messages queued from the receiving half to the sending half of a flow.
 pub const FLOW_CTL_QUEUE: usize = 256;
 /// QUIC application error code of a flow reset.
@@ -211,8 +223,9 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let result = {
         let (mut client_r, mut client_w) = tokio::io::split(&mut stream);
         let up = async {
-            let mut buf = vec![0u8; READ_BUF];
-            up_charge.set(READ_BUF as u64);
+            // Allocated while the client is read, freed while the window holds it back.
+            let mut buf: Vec<u8> = Vec::new();
+            let mut bulk = false;
             let mut out = BytesMut::new();
             let mut client_eof = false;
             let mut down_done = false;
@@ -220,6 +233,15 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
             loop {
                 if client_eof && encoder.all_acked() && down_done {
                     break;
+                }
+                if (buf.is_empty() || (bulk && buf.len() < READ_BUF))
+                    && !client_eof
+                    && !encoder.window_full()
+                {
+                    // Small until the client sends in bulk: an idle client (a download's, once
+                    // its request is sent) costs 4 KiB, not 64.
+                    buf = vec![0u8; if bulk { READ_BUF } else { FIRST_READ_BUF }];
+                    up_charge.set((buf.len() + out.capacity()) as u64);
                 }
                 let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
                 tokio::select! {
@@ -234,7 +256,7 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     _ = std::future::ready(()), if encoder.has_supply() => {
                         while out.len() < MAX_SUPPLY_BATCH && encoder.poll_supply(&mut out) {}
                     }
-                    n = client_r.read(&mut buf), if !client_eof && !encoder.window_full() => {
+                    n = client_r.read(&mut buf), if !client_eof && !buf.is_empty() && !encoder.window_full() => {
                         match n {
                             Ok(0) => {
                                 client_eof = true;
@@ -243,6 +265,8 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                             Ok(n) => {
                                 moved();
+                                // A full read: the client sends in bulk, read in 64 KiB.
+                                bulk |= n == buf.len();
                                 totals.tx_logical.fetch_add(n as u64, Relaxed);
                                 {
                                     let mut v = versions.lock().unwrap_or_else(|e| e.into_inner());
@@ -293,8 +317,14 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                         encoder.flush(&mut out);
                     }
                 }
+                if encoder.window_full() && encoder.has_unsent_items() {
+                    // Held back by the window (or the budget) with items the peer has not been
+                    // sent: only its acknowledgements can free the window, so send them now
+                    // (the flush timer waits for an idle client, which this one is not).
+                    encoder.flush_items(&mut out);
+                }
                 if !out.is_empty() {
-                    up_charge.set((READ_BUF + out.capacity()) as u64);
+                    up_charge.set((buf.len() + out.capacity()) as u64);
                     send.write_all(&out)
                         .await
                         .map_err(|e| FlowError::Tunnel(e.to_string()))?;
@@ -302,6 +332,14 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
                     totals.tx_wan.fetch_add(out.len() as u64, Relaxed);
                     out.clear();
+                }
+                if encoder.window_full() && !encoder.has_supply() {
+                    // Held back (by the window or the budget), possibly for long: keep the
+                    // data, free the buffers.
+                    buf = Vec::new();
+                    out = BytesMut::new();
+                    encoder.release_buffers();
+                    up_charge.set(0);
                 }
             }
             if let Some(t) = versions.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
@@ -317,6 +355,11 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
             let mut opened = !expect_open_ok;
             let mut shut = false;
             let mut wants = Vec::new();
+            // Bytes popped from the decoder, being written to the client (from `written`).
+            let mut pending: Option<bytes::Bytes> = None;
+            let mut written = 0usize;
+            let mut stream_done = false;
+            let read_floor = decoder.peer_max_chunk() as u64 + FRAME_SLACK;
             let ctl = |m: Ctl| {
                 let tx = ctl_tx.clone();
                 async move {
@@ -358,29 +401,6 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                             if !wants.is_empty() {
                                 ctl(Ctl::Send(Frame::Want(std::mem::take(&mut wants)))).await?;
                             }
-                            while let Some(b) = decoder.pop_ready() {
-                                if let Some(t) =
-                                    versions.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
-                                {
-                                    if sends_requests {
-                                        t.on_response_bytes();
-                                    } else {
-                                        t.on_request_bytes(&b);
-                                    }
-                                }
-                                client_w.write_all(&b).await.map_err(FlowError::Client)?;
-                                moved();
-                                totals.rx_logical.fetch_add(b.len() as u64, Relaxed);
-                            }
-                            if let Some(a) = decoder.take_ack() {
-                                ctl(Ctl::Send(a)).await?;
-                            }
-                            if decoder.is_done() && !shut {
-                                shut = true;
-                                // Propagate the half-close; a client that already closed is fine.
-                                let _ = client_w.shutdown().await;
-                                ctl(Ctl::DownDone).await?;
-                            }
                         }
                         Frame::Ping(_) => {}
                         _ => {
@@ -390,16 +410,77 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                 }
-                down_charge.set(fd.buffered() as u64);
-                match recv.read_chunk(READ_BUF, true).await {
-                    Ok(Some(c)) => {
-                        moved();
-                        rx_stats.wan_bytes.fetch_add(c.bytes.len() as u64, Relaxed);
-                        totals.rx_wan.fetch_add(c.bytes.len() as u64, Relaxed);
-                        fd.extend(&c.bytes);
+                if pending.is_none() {
+                    pending = decoder.pop_ready();
+                    written = 0;
+                    if let Some(b) = &pending {
+                        if let Some(t) = versions.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+                        {
+                            if sends_requests {
+                                t.on_response_bytes();
+                            } else {
+                                t.on_request_bytes(b);
+                            }
+                        }
                     }
-                    Ok(None) => break,
-                    Err(e) => return Err(FlowError::Tunnel(e.to_string())),
+                }
+                if pending.is_none() {
+                    // Everything popped is written: acknowledge it.
+                    if let Some(a) = decoder.take_ack() {
+                        ctl(Ctl::Send(a)).await?;
+                    }
+                    if decoder.is_done() && !shut {
+                        shut = true;
+                        // Propagate the half-close; a client that already closed is fine.
+                        let _ = client_w.shutdown().await;
+                        ctl(Ctl::DownDone).await?;
+                    }
+                    if stream_done {
+                        break;
+                    }
+                }
+                down_charge.set(fd.buffered() as u64);
+                // The tunnel is read while the client is written: a slow client must not leave
+                // its data unread in QUIC's buffers, where it would hold the connection's
+                // receive window that every other flow of the tunnel shares. The decoder holds
+                // it instead, bounded by the flow window (a peer sending past it is reset). Past
+                // the budget, a flow reads on only while it holds less than one of the peer's
+                // frames (so the frame its client waits for can always complete) or while it
+                // waits for a supply (which comes behind what the peer sent meanwhile, bounded
+                // by the flow window).
+                let may_read = !stream_done
+                    && (!budget.is_exhausted()
+                        || decoder.held_bytes() + (fd.buffered() as u64) < read_floor
+                        || decoder.awaits_supply());
+                tokio::select! {
+                    biased;
+                    w = async {
+                        match &pending {
+                            Some(b) => client_w.write(&b[written..]).await,
+                            None => std::future::pending().await,
+                        }
+                    }, if pending.is_some() => {
+                        let n = w.map_err(FlowError::Client)?;
+                        if n == 0 {
+                            return Err(FlowError::Client(std::io::ErrorKind::WriteZero.into()));
+                        }
+                        written += n;
+                        moved();
+                        totals.rx_logical.fetch_add(n as u64, Relaxed);
+                        if pending.as_ref().is_some_and(|b| written == b.len()) {
+                            pending = None;
+                        }
+                    }
+                    c = recv.read_chunk(READ_BUF, true), if may_read => match c {
+                        Ok(Some(c)) => {
+                            moved();
+                            rx_stats.wan_bytes.fetch_add(c.bytes.len() as u64, Relaxed);
+                            totals.rx_wan.fetch_add(c.bytes.len() as u64, Relaxed);
+                            fd.extend(&c.bytes);
+                        }
+                        Ok(None) => stream_done = true,
+                        Err(e) => return Err(FlowError::Tunnel(e.to_string())),
+                    },
                 }
             }
             if !opened {

@@ -37,10 +37,17 @@ async fn connection(
     (server, client, server_side, conn)
 }
 
+fn store(dir: &std::path::Path) -> Arc<strait_store::Store> {
+    Arc::new(
+        strait_store::Store::open(strait_store::StoreConfig::new(dir, 64 << 20, [1; 32])).unwrap(),
+    )
+}
+
 fn parts(dir: &std::path::Path, idle_timeout: Duration, budget: &Budget) -> FlowParts {
-    let store = Arc::new(
-        strait_store::Store::open(strait_store::StoreConfig::new(dir, 16 << 20, [1; 32])).unwrap(),
-    );
+    parts_on(store(dir), idle_timeout, budget)
+}
+
+fn parts_on(store: Arc<strait_store::Store>, idle_timeout: Duration, budget: &Budget) -> FlowParts {
     let peer = store.peer_slot("peer").unwrap();
     let hasher = strait_chunk::ChunkHasher::new([1; 32]);
     let stats = Arc::new(RouteStats::default());
@@ -116,4 +123,121 @@ async fn a_flow_moving_bytes_is_not_idle() {
         () = client => {}
     }
     assert_eq!(totals.tx_logical.load(Relaxed), 24);
+}
+
+/// One flow through two pumps over `conn_tx`/`conn_rx` (sender side first): the sender's client
+/// is `src`, the receiver's is `dst`; each side has its own store and budget.
+struct Sides {
+    tx_store: Arc<strait_store::Store>,
+    rx_store: Arc<strait_store::Store>,
+    tx_budget: Budget,
+    rx_budget: Budget,
+}
+
+/// One side's pump of a flow, as a task.
+fn spawn_pump(
+    client: tokio::io::DuplexStream,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    store: &Arc<strait_store::Store>,
+    budget: &Budget,
+) -> tokio::task::JoinHandle<Result<(), FlowError>> {
+    let p = parts_on(store.clone(), Duration::from_secs(60), budget);
+    tokio::spawn(async move {
+        let totals = FlowTotals::default();
+        pump_stream(client, &mut send, &mut recv, p, &totals, |_| {}).await
+    })
+}
+
+/// Runs a flow: `data` written by the sender's client, read (if `read`) by the receiver's
+/// client. Returns what the receiver's client got, `None` when it does not read.
+async fn transfer(
+    sides: &Sides,
+    conn_tx: &quinn::Connection,
+    conn_rx: &quinn::Connection,
+    data: Vec<u8>,
+    read: bool,
+) -> Option<Vec<u8>> {
+    let (tx_send, tx_recv) = conn_tx.open_bi().await.unwrap();
+    // A stream is announced to the peer by its first bytes: the sender's pump writes first.
+    let (src_near, mut src_far) = tokio::io::duplex(1 << 16);
+    let (dst_near, mut dst_far) = tokio::io::duplex(1 << 16);
+    let tx = spawn_pump(
+        src_near,
+        tx_send,
+        tx_recv,
+        &sides.tx_store,
+        &sides.tx_budget,
+    );
+    let client = tokio::spawn(async move {
+        src_far.write_all(&data).await.unwrap();
+        src_far.shutdown().await.unwrap();
+        // Hold the sender's client open until the flow ends.
+        let mut sink = Vec::new();
+        let _ = src_far.read_to_end(&mut sink).await;
+    });
+    let (rx_send, rx_recv) = conn_rx.accept_bi().await.unwrap();
+    let rx = spawn_pump(
+        dst_near,
+        rx_send,
+        rx_recv,
+        &sides.rx_store,
+        &sides.rx_budget,
+    );
+    if !read {
+        // Keep the receiver's client alive, never reading.
+        tokio::spawn(async move {
+            let _keep = (dst_far, tx, rx, client);
+            std::future::pending::<()>().await
+        });
+        return None;
+    }
+    let mut got = Vec::new();
+    dst_far.write_all(b"").await.unwrap();
+    dst_far.shutdown().await.unwrap();
+    dst_far.read_to_end(&mut got).await.unwrap();
+    tx.await.unwrap().unwrap();
+    rx.await.unwrap().unwrap();
+    client.await.unwrap();
+    Some(got)
+}
+
+#[tokio::test]
+async fn a_flow_over_budget_is_not_starved_by_another_whose_client_never_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _client, server_side, conn) = connection(&dir.path().join("certs")).await;
+    // The sender's budget is a fraction of what the stalled flow will hold: exhausted.
+    let sides = Sides {
+        tx_store: store(&dir.path().join("tx")),
+        rx_store: store(&dir.path().join("rx")),
+        tx_budget: Budget::new(1 << 20),
+        rx_budget: Budget::new(DEFAULT_FLOW_BUDGET),
+    };
+    let data: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    // Cold: both stores learn the data (literals).
+    let got = transfer(&sides, &conn, &server_side, data.clone(), true).await;
+    assert!(got.as_deref() == Some(&data[..]), "cold transfer differs");
+    // A flow whose client never reads holds the sender's budget.
+    let hog: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    assert!(transfer(&sides, &conn, &server_side, hog, false)
+        .await
+        .is_none());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !sides.tx_budget.is_exhausted() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stalled flow never exhausted the sender's budget");
+    // The repeat crosses as references, one in flight at a time past the budget: it must
+    // finish, not wait for a flush timer that only an idle client triggers.
+    let repeat = tokio::time::timeout(
+        Duration::from_secs(60),
+        transfer(&sides, &conn, &server_side, data.clone(), true),
+    )
+    .await
+    .expect("a flow over budget starved behind the stalled one");
+    assert!(repeat.as_deref() == Some(&data[..]), "repeat differs");
 }

@@ -4,10 +4,12 @@
 //! tunnel writes and never builds one buffer proportional to a `Want`.
 //!
 //! Invariants (issue 14, point 1):
-//! - An id is queued at most once, and supplied at most once until the item it answers is
-//!   acknowledged; a re-want before that (the receiver's re-request after a failed
-//!   verification) is allowed [`MAX_VERIFY_ATTEMPTS`] times in all, then the flow fails with
-//!   [`Error::RepeatedWant`].
+//! - An id is queued at most once, and every want of it counts until the item it answers is
+//!   acknowledged: [`MAX_VERIFY_ATTEMPTS`] wants in all (the first and the receiver's
+//!   re-request after a failed verification), then the flow fails with
+//!   [`Error::RepeatedWant`]. A receiver never names an id twice before its supply arrived, so
+//!   a duplicate (in one `Want`, or of a supply still queued) counts like a re-want: a flood
+//!   naming one chunk many times is reset, not silently absorbed while the flow stalls.
 //! - Every wanted id must name an item this flow holds ([`Error::UnknownWant`] otherwise), so
 //!   the queue holds at most one entry per held item and is counted in
 //!   [`FlowEncoder::held_bytes`].
@@ -41,9 +43,9 @@ pub(super) enum Pending {
 
 impl FlowEncoder {
     /// The peer lacks these chunks (or runs, by digest): queues their supplies, emitted by
-    /// [`FlowEncoder::poll_supply`]. Duplicates (in this want, or of a supply already queued)
-    /// are ignored; a repeated want of a supplied, unacknowledged item counts against
-    /// [`MAX_VERIFY_ATTEMPTS`].
+    /// [`FlowEncoder::poll_supply`]. A supply is queued once per id; every want of an
+    /// unacknowledged id (a duplicate in this want, of a supply still queued, or of one
+    /// supplied) counts against [`MAX_VERIFY_ATTEMPTS`].
     pub fn on_want(&mut self, ids: &[WireId]) -> Result<(), Error> {
         for id in ids {
             let run = self.run_index.get(id).map(|(r, _)| *r);
@@ -53,9 +55,6 @@ impl FlowEncoder {
             match self.wanted.entry(*id) {
                 Entry::Occupied(mut e) => {
                     let w = e.get_mut();
-                    if w.queued {
-                        continue;
-                    }
                     if w.wants >= MAX_VERIFY_ATTEMPTS {
                         return Err(Error::RepeatedWant {
                             id: short(id),
@@ -63,6 +62,9 @@ impl FlowEncoder {
                         });
                     }
                     w.wants += 1;
+                    if w.queued {
+                        continue;
+                    }
                     w.queued = true;
                 }
                 Entry::Vacant(e) => {

@@ -188,7 +188,12 @@ struct Counters {
     downloads: AtomicU64,
     errors: AtomicU64,
     open: AtomicU64,
+    /// The first errors' messages (at most [`KEPT_ERRORS`]), with their time since start.
+    first_errors: std::sync::Mutex<Vec<String>>,
 }
+
+/// Client errors whose message is kept and printed.
+pub const KEPT_ERRORS: usize = 5;
 
 /// The origin: for each connection, reads one request byte, sends the file, closes.
 fn origin(file: Arc<Vec<u8>>) -> Result<SocketAddr> {
@@ -231,7 +236,9 @@ fn download(fwd: SocketAddr, slow: bool, want: &blake3::Hash, c: &Counters) -> R
         let mut buf = vec![0u8; if slow { SLOW_PIECE } else { IO_BUF }];
         let mut n_total = 0usize;
         loop {
-            let n = s.read(&mut buf)?;
+            let n = s
+                .read(&mut buf)
+                .with_context(|| format!("read after {n_total} bytes"))?;
             if n == 0 {
                 break;
             }
@@ -242,8 +249,11 @@ fn download(fwd: SocketAddr, slow: bool, want: &blake3::Hash, c: &Counters) -> R
                 std::thread::sleep(SLOW_PAUSE);
             }
         }
-        if n_total != FILE_LEN || h.finalize() != *want {
-            bail!("got {n_total} bytes of {FILE_LEN}, or wrong bytes");
+        if n_total != FILE_LEN {
+            bail!("clean end after {n_total} bytes of {FILE_LEN}");
+        }
+        if h.finalize() != *want {
+            bail!("{FILE_LEN} bytes, WRONG CONTENT");
         }
         Ok(())
     })();
@@ -403,7 +413,17 @@ fn soak(a: &Args, strait: &Path, work: &Path) -> Result<bool> {
                     while !stop.load(Relaxed) {
                         match download(fwd, slow, &want, &c) {
                             Ok(()) => c.downloads.fetch_add(1, Relaxed),
-                            Err(_) => c.errors.fetch_add(1, Relaxed),
+                            Err(e) => {
+                                let mut kept =
+                                    c.first_errors.lock().unwrap_or_else(|p| p.into_inner());
+                                if kept.len() < KEPT_ERRORS {
+                                    kept.push(format!(
+                                        "{:.0} s: {e:#}",
+                                        t0.elapsed().as_secs_f64()
+                                    ));
+                                }
+                                c.errors.fetch_add(1, Relaxed)
+                            }
                         };
                     }
                 })?,
@@ -460,6 +480,14 @@ fn soak(a: &Args, strait: &Path, work: &Path) -> Result<bool> {
         counters.errors.load(Relaxed),
         if alive { "up" } else { "DOWN" }
     );
+    for e in counters
+        .first_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        println!("soak: client error at {e}");
+    }
     println!("soak: CPU seconds core {core_cpu:.1}, edge {edge_cpu:.1}");
     for (name, st) in [("core", core_stats), ("edge", edge_stats)] {
         match st {
