@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -392,26 +392,15 @@ impl NsPair {
 
     /// Waits until the edge (probed inside `edge_ns`) reports the tunnel up.
     pub fn wait_ready(&mut self, edge_ns: &str, timeout: Duration) -> anyhow::Result<()> {
-        let t0 = Instant::now();
-        let admin = self.edge_admin;
-        loop {
-            if strait_wanem::run_in_netns(edge_ns, || crate::admin::ready(admin)).unwrap_or(false) {
-                return Ok(());
-            }
-            for p in [&mut self.edge, &mut self.core] {
-                if let Some(st) = p.try_wait()? {
-                    anyhow::bail!("a process exited ({st}) before ready:\n{}", p.tail(40));
-                }
-            }
-            if t0.elapsed() > timeout {
-                anyhow::bail!(
-                    "edge not ready within {timeout:?}; edge log:\n{}\ncore log:\n{}",
-                    self.edge.tail(30),
-                    self.core.tail(30)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::ingress::wait_pair_ready(
+            &mut self.edge,
+            &mut self.core,
+            self.edge_admin,
+            timeout,
+            |admin| {
+                strait_wanem::run_in_netns(edge_ns, || crate::admin::ready(admin)).unwrap_or(false)
+            },
+        )
     }
 }
 

@@ -269,26 +269,13 @@ impl IngressPair {
         timeout: Duration,
         probe: impl Fn(SocketAddr) -> bool,
     ) -> anyhow::Result<()> {
-        let t0 = std::time::Instant::now();
-        loop {
-            if probe(self.edge_admin) {
-                return Ok(());
-            }
-            if let Some(st) = self.edge.try_wait()? {
-                anyhow::bail!("edge exited ({st}) before ready:\n{}", self.edge.tail(40));
-            }
-            if let Some(st) = self.core.try_wait()? {
-                anyhow::bail!("core exited ({st}) before ready:\n{}", self.core.tail(40));
-            }
-            if t0.elapsed() > timeout {
-                anyhow::bail!(
-                    "edge not ready within {timeout:?}; edge log:\n{}\ncore log:\n{}",
-                    self.edge.tail(30),
-                    self.core.tail(30)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_pair_ready(
+            &mut self.edge,
+            &mut self.core,
+            self.edge_admin,
+            timeout,
+            probe,
+        )
     }
 
     /// Waits until the edge (in this namespace) is ready.
@@ -599,4 +586,35 @@ pub fn sha256_hex(path: &Path) -> String {
         c
     });
     String::from_utf8_lossy(&out).trim().to_string()
+}
+
+/// Waits until `probe(edge_admin)` holds (the edge's `/ready`, probed wherever `probe` enters),
+/// failing early if `edge` or `core` exits and after `timeout` with both logs' tails.
+pub fn wait_pair_ready(
+    edge: &mut Proc,
+    core: &mut Proc,
+    edge_admin: SocketAddr,
+    timeout: Duration,
+    probe: impl Fn(SocketAddr) -> bool,
+) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    loop {
+        if probe(edge_admin) {
+            return Ok(());
+        }
+        if let Some(st) = edge.try_wait()? {
+            anyhow::bail!("edge exited ({st}) before ready:\n{}", edge.tail(40));
+        }
+        if let Some(st) = core.try_wait()? {
+            anyhow::bail!("core exited ({st}) before ready:\n{}", core.tail(40));
+        }
+        if t0.elapsed() > timeout {
+            anyhow::bail!(
+                "edge not ready within {timeout:?}; edge log:\n{}\ncore log:\n{}",
+                edge.tail(30),
+                core.tail(30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
