@@ -408,12 +408,11 @@ impl FlowEncoder {
     /// When the chunk completes it crosses as usual (a reference, or a literal of the bytes
     /// after the previews), and the receiver delivers only what the previews did not.
     pub fn flush(&mut self, out: &mut BytesMut) {
-        self.close_run(out);
-        self.emit_refs(out);
+        self.flush_items(out);
         if self.partial.len() > self.previewed {
             self.emit_preview(out);
+            self.recharge();
         }
-        self.recharge();
     }
 
     /// The client finished sending: the partial chunk is the last one; everything is sent and
