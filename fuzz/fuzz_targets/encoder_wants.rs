@@ -19,8 +19,9 @@ use strait_dedup::{
     DeltaConfig, DeltaStats, EncoderConfig, FlowEncoder, SketchIndex, MAX_VERIFY_ATTEMPTS,
     MIN_SLOT_BYTES, NO_STORE_FLAG, PREVIEW_FLAG,
 };
+use strait_fuzz::Input;
 use strait_store::Store;
-use strait_wire::{Frame, FrameDecoder, WireId};
+use strait_wire::{Frame, WireId};
 
 const KEY: [u8; 32] = [11; 32];
 const MIN_CHUNK: usize = 256;
@@ -37,23 +38,6 @@ const MAX_STREAM: usize = 96 << 10;
 const ENC_BUFFERS: u64 =
     (4 * MAX_CHUNK + 3 * strait_dedup::run::RUN_MAX_ITEMS * MAX_CHUNK + 64 * 1024) as u64;
 const MAX_OPS: usize = 256;
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn u64(&mut self) -> u64 {
-        (0..8).fold(0, |a, i| a | u64::from(self.u8()) << (8 * i))
-    }
-}
 
 /// The seeded client stream: random and text-like pieces, then exact and near repeats of them.
 fn stream(seed: u64, len: usize) -> Vec<u8> {
@@ -97,16 +81,9 @@ fn stream(seed: u64, len: usize) -> Vec<u8> {
 }
 
 fn parse(b: &[u8]) -> Vec<Frame> {
-    let mut d = FrameDecoder::new();
-    d.extend(b);
-    let mut v = Vec::new();
-    while let Some((f, _)) = d
-        .next_frame()
+    strait_wire::decode_all(b)
         .expect("the encoder wrote a frame that does not parse")
-    {
-        v.push(f);
-    }
-    v
+        .0
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -33,6 +33,7 @@ use strait_codec::CompressConfig;
 use strait_dedup::{
     DeltaConfig, DeltaStats, EncoderConfig, FlowDecoder, FlowEncoder, SketchIndex, MIN_SLOT_BYTES,
 };
+use strait_fuzz::Input;
 use strait_store::Store;
 use strait_wire::{Frame, FrameDecoder, WireId, MAX_REFS_PER_FRAME};
 
@@ -64,27 +65,6 @@ impl Rng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-/// The byte-coded program.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) | u16::from(self.u8()) << 8
-    }
-    fn u64(&mut self) -> u64 {
-        (0..8).fold(0, |a, i| a | u64::from(self.u8()) << (8 * i))
     }
 }
 
@@ -470,16 +450,9 @@ fn corrupt(f: Frame, at: u16) -> Frame {
 
 /// Frames an engine half wrote, through the tunnel's frame decoder.
 fn parse(b: &[u8]) -> Vec<Frame> {
-    let mut d = FrameDecoder::new();
-    d.extend(b);
-    let mut v = Vec::new();
-    while let Some((f, _)) = d
-        .next_frame()
+    strait_wire::decode_all(b)
         .expect("the engine wrote a frame that does not parse")
-    {
-        v.push(f);
-    }
-    v
+        .0
 }
 
 /// Encodes `f` and decodes it back onto `q`, as the tunnel does.
