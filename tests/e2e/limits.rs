@@ -20,14 +20,22 @@ const MAX_CONNECTIONS: u32 = 2;
 const MAX_FLOWS: u32 = 3;
 const OPEN_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// A pair whose core has small per-edge limits, and the config of a second edge identity.
-fn pair_with_limits(origin: SocketAddr) -> (Pair, strait_config::Config) {
+/// A pair whose core has small per-edge limits (`max_flows_per_edge` flows, and
+/// `tunnel_max_flows` per connection when set), and the config of a second edge identity.
+fn pair_with_limits(
+    origin: SocketAddr,
+    max_flows_per_edge: u32,
+    tunnel_max_flows: Option<u32>,
+) -> (Pair, strait_config::Config) {
     let mut pair = Pair::new(origin).unwrap();
     // The [limits] table goes in after [dedup]'s lines (the next header, [store], ends it).
     pair.core_cfg.common.dedup_extra = format!(
-        "\n[limits]\nmax_connections_per_edge = {MAX_CONNECTIONS}\nmax_flows_per_edge = {MAX_FLOWS}\nopen_timeout = \"{}ms\"\n",
+        "\n[limits]\nmax_connections_per_edge = {MAX_CONNECTIONS}\nmax_flows_per_edge = {max_flows_per_edge}\nopen_timeout = \"{}ms\"\n",
         OPEN_TIMEOUT.as_millis()
     );
+    if let Some(n) = tunnel_max_flows {
+        pair.core_cfg.common.tunnel_extra = format!("max_flows = {n}\n");
+    }
     pair.start().unwrap();
     pair.edge_mut().wait_ready(Duration::from_secs(15)).unwrap();
     certs(&pair.certs_dir(), &["--edge", "edge-b"]).unwrap();
@@ -119,9 +127,13 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(MAX_FLOWS, None)
+}
+
+fn setup_with(max_flows_per_edge: u32, tunnel_max_flows: Option<u32>) -> Setup {
     let rt = rt();
     let origin = rt.block_on(Origin::start()).unwrap();
-    let (pair, cfg_b) = pair_with_limits(origin.addr);
+    let (pair, cfg_b) = pair_with_limits(origin.addr, max_flows_per_edge, tunnel_max_flows);
     Setup {
         rt,
         pair,
@@ -237,6 +249,40 @@ fn core_resets_flows_beyond_the_per_edge_cap_across_connections() {
     });
     assert!(resets(pair, "flows_per_edge") >= 1);
     st.other_edge_carries(22);
+}
+
+/// `tunnel.max_flows` bounds one connection's flows at the core itself: QUIC's stream credit is
+/// a seventh above it (so that quinn's batched credit updates never leave fewer usable), and
+/// the streams within that slack are reset, while another connection of the same edge still
+/// opens flows.
+#[test]
+fn core_resets_flows_beyond_tunnel_max_flows_on_one_connection() {
+    const TUNNEL_MAX_FLOWS: u32 = 8;
+    let _l = light();
+    let st = setup_with(4 * TUNNEL_MAX_FLOWS, Some(TUNNEL_MAX_FLOWS));
+    let (rt, pair, cfg_b) = (&st.rt, &st.pair, &st.cfg_b);
+    let core = pair.core().tunnel;
+    rt.block_on(async {
+        let ep = client(cfg_b);
+        let (c1, _s1, _r1) = connect(&ep, core, cfg_b).await.unwrap();
+        let mut flows = Vec::new();
+        for i in 0..TUNNEL_MAX_FLOWS {
+            let (s, r, first) = open_flow(&c1).await;
+            assert_eq!(first, Ok(Frame::OpenOk), "flow {i} within tunnel.max_flows");
+            flows.push((s, r));
+        }
+        let (_s, _r, first) = open_flow(&c1).await;
+        let err = first.expect_err("a flow beyond tunnel.max_flows was opened");
+        assert!(err.contains("reset") || err.contains("stopped"), "{err}");
+        // The bound is per connection: the same edge's second connection opens flows.
+        let (c2, _s2, _r2) = connect(&ep, core, cfg_b).await.unwrap();
+        let (s, r, first) = open_flow(&c2).await;
+        assert_eq!(first, Ok(Frame::OpenOk), "a flow on a second connection");
+        flows.push((s, r));
+    });
+    assert!(resets(pair, "flows_per_tunnel") >= 1);
+    assert_eq!(resets(pair, "flows_per_edge"), 0);
+    st.other_edge_carries(23);
 }
 
 #[test]

@@ -42,6 +42,8 @@ pub enum LimitReason {
     ConnectionsPerEdge,
     /// A stream beyond `limits.max_flows_per_edge` was reset.
     FlowsPerEdge,
+    /// A stream beyond `tunnel.max_flows` on one connection was reset.
+    FlowsPerTunnel,
     /// A stream sent no `Open` within `limits.open_timeout` and was reset.
     OpenTimeout,
     /// A flow stayed silent beyond `limits.flow_idle_timeout` and was reset.
@@ -57,9 +59,10 @@ pub enum LimitReason {
 
 impl LimitReason {
     /// Every reason, in label order.
-    pub const ALL: [LimitReason; 7] = [
+    pub const ALL: [LimitReason; 8] = [
         LimitReason::ConnectionsPerEdge,
         LimitReason::FlowsPerEdge,
+        LimitReason::FlowsPerTunnel,
         LimitReason::OpenTimeout,
         LimitReason::FlowIdle,
         LimitReason::ReceiveWindow,
@@ -72,6 +75,7 @@ impl LimitReason {
         match self {
             LimitReason::ConnectionsPerEdge => "connections_per_edge",
             LimitReason::FlowsPerEdge => "flows_per_edge",
+            LimitReason::FlowsPerTunnel => "flows_per_tunnel",
             LimitReason::OpenTimeout => "open_timeout",
             LimitReason::FlowIdle => "flow_idle",
             LimitReason::ReceiveWindow => "receive_window",

@@ -112,9 +112,10 @@ enum Kind {
 }
 
 /// Connections and flows per edge identity (certificate name). An entry exists only while its
-/// edge holds something, so the map is bounded by what is open.
+/// edge holds something, so the map is bounded by what is open. The `Notify` wakes the streams
+/// waiting for a flow slot whenever a slot is freed.
 #[derive(Default)]
-struct PerEdge(Mutex<HashMap<String, Held>>);
+struct PerEdge(Mutex<HashMap<String, Held>>, tokio::sync::Notify);
 
 impl PerEdge {
     /// Takes one `kind` slot for `edge` if it holds fewer than `max`.
@@ -138,6 +139,28 @@ impl PerEdge {
             kind,
         })
     }
+
+    /// [`PerEdge::take`], waiting up to `within` for a slot to free: the flows a reconnecting
+    /// client left may take a moment to close here after its edge has let them go.
+    async fn take_within(
+        self: &Arc<Self>,
+        edge: &str,
+        kind: Kind,
+        max: u32,
+        within: Duration,
+    ) -> Option<EdgeSlot> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let freed = self.1.notified();
+            tokio::pin!(freed);
+            // Registered before the check: a slot freed in between still wakes us.
+            freed.as_mut().enable();
+            if let Some(slot) = self.take(edge, kind, max) {
+                return Some(slot);
+            }
+            tokio::time::timeout_at(deadline, freed).await.ok()?;
+        }
+    }
 }
 
 /// One connection or flow counted against its edge until dropped.
@@ -159,6 +182,8 @@ impl Drop for EdgeSlot {
                 m.remove(&self.edge);
             }
         }
+        drop(m);
+        self.per_edge.1.notify_waiters();
     }
 }
 
@@ -239,6 +264,9 @@ impl Core {
         deltas.load_hints(&store);
         let d2 = deltas.clone();
         metrics.add_extra(move || d2.families());
+        let budget = strait_dedup::Budget::new(cfg.limits.flow_budget);
+        let b2 = budget.clone();
+        metrics.add_extra(move || flow::budget_families(&b2));
         let shared = Arc::new(Shared {
             engine: flow::Engine {
                 hasher: ChunkHasher::new(cfg.dedup.key),
@@ -246,7 +274,7 @@ impl Core {
                 store: store.clone(),
                 dedup: cfg.dedup.clone(),
                 deltas,
-                budget: strait_dedup::Budget::new(cfg.limits.flow_budget),
+                budget,
                 idle_timeout: cfg.limits.flow_idle_timeout,
                 peers: Default::default(),
             },
@@ -445,6 +473,7 @@ async fn serve_connection(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, conn.clone());
+        let tunnel_flows = Arc::new(tokio::sync::Semaphore::new(sh.cfg.tunnel.max_flows as usize));
         loop {
             let (send, recv) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -458,20 +487,35 @@ async fn serve_connection(
             };
             // From here on, every way out but a completed flow resets the stream.
             let stream = StreamGuard::new(send, recv);
-            let max_flows = sh.cfg.limits.max_flows_per_edge;
-            let Some(flow_slot) = sh.per_edge.take(&edge, Kind::Flow, max_flows) else {
-                sh.metrics.limit_reset(LimitReason::FlowsPerEdge);
-                tracing::warn!(%edge, max = max_flows, "flow reset: limits.max_flows_per_edge reached");
-                drop(stream);
-                continue;
-            };
-            let sh2 = sh.clone();
-            let edge2 = edge.clone();
+            let (sh2, edge2, tunnel_flows) = (sh.clone(), edge.clone(), tunnel_flows.clone());
             sh.flows.spawn(
                 async move {
                     let metrics = sh2.metrics.clone();
+                    // A flow beyond `tunnel.max_flows` on this connection (QUIC's stream credit
+                    // is a little above it, see `endpoint::stream_credit`) or beyond
+                    // `limits.max_flows_per_edge` waits up to the Open timeout for a slot: flows
+                    // the edge already let go may still be closing here. Then it is reset.
+                    let within = sh2.cfg.limits.open_timeout;
+                    let Ok(Ok(tunnel_slot)) =
+                        tokio::time::timeout(within, tunnel_flows.acquire_owned()).await
+                    else {
+                        metrics.limit_reset(LimitReason::FlowsPerTunnel);
+                        tracing::warn!(edge = %edge2, max = sh2.cfg.tunnel.max_flows, "flow reset: tunnel.max_flows reached on this connection");
+                        return;
+                    };
+                    let max_flows = sh2.cfg.limits.max_flows_per_edge;
+                    let Some(flow_slot) = sh2
+                        .per_edge
+                        .take_within(&edge2, Kind::Flow, max_flows, within)
+                        .await
+                    else {
+                        metrics.limit_reset(LimitReason::FlowsPerEdge);
+                        tracing::warn!(edge = %edge2, max = max_flows, "flow reset: limits.max_flows_per_edge reached");
+                        return;
+                    };
                     catch_panic(serve_flow(sh2, stream, peer, &edge2), &metrics).await;
                     drop(flow_slot);
+                    drop(tunnel_slot);
                 }
                 .instrument(tracing::info_span!("flow")),
             );
@@ -720,5 +764,42 @@ async fn serve_flow(sh: Arc<Shared>, mut stream: StreamGuard, peer: PeerSlot, ed
                 _ => tracing::warn!(%service, error = %e, "flow failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flow_waiting_for_a_per_edge_slot_gets_the_one_freed_and_times_out_without() {
+        let per = Arc::new(PerEdge::default());
+        let held = per.take("a", Kind::Flow, 1).unwrap();
+        assert!(per.take("a", Kind::Flow, 1).is_none());
+        // Another identity is not held back.
+        let other = per.take("b", Kind::Flow, 1).unwrap();
+        // No slot frees: the wait ends empty at its deadline.
+        let t = tokio::time::Instant::now();
+        assert!(per
+            .take_within("a", Kind::Flow, 1, Duration::from_millis(50))
+            .await
+            .is_none());
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        // A slot freed while a flow waits is its.
+        let waiter = tokio::spawn({
+            let per = per.clone();
+            async move {
+                per.take_within("a", Kind::Flow, 1, Duration::from_secs(30))
+                    .await
+                    .is_some()
+            }
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiter.await.unwrap());
+        drop(other);
+        // Every slot dropped: no entry is left behind.
+        assert!(per.0.lock().unwrap().is_empty());
     }
 }

@@ -178,6 +178,9 @@ impl Edge {
         deltas.load_hints(&store);
         let d2 = deltas.clone();
         metrics.add_extra(move || d2.families());
+        let budget = strait_dedup::Budget::new(cfg.limits.flow_budget);
+        let b2 = budget.clone();
+        metrics.add_extra(move || flow::budget_families(&b2));
         let shared = Arc::new(Shared {
             engine: flow::Engine {
                 hasher: ChunkHasher::new(cfg.dedup.key),
@@ -185,7 +188,7 @@ impl Edge {
                 store: store.clone(),
                 dedup: cfg.dedup.clone(),
                 deltas,
-                budget: strait_dedup::Budget::new(cfg.limits.flow_budget),
+                budget,
                 idle_timeout: cfg.limits.flow_idle_timeout,
                 peers: Default::default(),
             },

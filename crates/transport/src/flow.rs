@@ -34,6 +34,8 @@ use std::time::Duration;
 use strait_admin::RouteStats;
 use strait_dedup::{Budget, FlowDecoder, FlowEncoder};
 use strait_wire::{Frame, FrameDecoder, RefuseCode, WireId};
+
+use crate::stall::{self, Probe, STALL_WARN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -196,18 +198,35 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let start = Instant::now();
     let last_moved = AtomicU64::new(0);
     let moved = || last_moved.store(start.elapsed().as_millis() as u64, Relaxed);
+    let probe = Probe::default();
+    // Fails the flow after its idle timeout; logs the halves' state once per stall before that.
     let idle = async {
-        let Some(idle_timeout) = idle_timeout else {
-            return std::future::pending().await;
-        };
+        let mut warned_at = None;
         loop {
-            let at = Duration::from_millis(last_moved.load(Relaxed)) + idle_timeout;
-            if start.elapsed() >= at {
+            let last = Duration::from_millis(last_moved.load(Relaxed));
+            let now = start.elapsed();
+            if idle_timeout.is_some_and(|t| now >= last + t) {
                 return FlowError::Idle {
-                    after: idle_timeout,
+                    after: idle_timeout.unwrap_or_default(),
                 };
             }
-            tokio::time::sleep_until(start + at).await;
+            let warn_at = last + STALL_WARN;
+            if now >= warn_at && warned_at != Some(last) {
+                warned_at = Some(last);
+                if probe.is_stuck() {
+                    tracing::warn!(stalled_for = ?now - last, state = %probe, "flow stalled");
+                } else {
+                    tracing::debug!(idle_for = ?now - last, state = %probe, "flow idle");
+                }
+            }
+            // Once warned, look again a stall period later (the flow may move and stall anew).
+            let next = if warned_at == Some(last) {
+                now + STALL_WARN
+            } else {
+                warn_at
+            };
+            let next = idle_timeout.map_or(next, |t| next.min(last + t));
+            tokio::time::sleep_until(start + next).await;
         }
     };
     let mut up_charge = budget.charge();
@@ -244,6 +263,19 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     up_charge.set((buf.len() + out.capacity()) as u64);
                 }
                 let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
+                probe.up.store(
+                    stall::flags(&[
+                        (client_eof, stall::up::CLIENT_EOF),
+                        (down_done, stall::up::DOWN_DONE),
+                        (encoder.window_full(), stall::up::WINDOW_FULL),
+                        (encoder.all_acked(), stall::up::ALL_ACKED),
+                        (encoder.has_supply(), stall::up::HAS_SUPPLY),
+                        (encoder.has_pending(), stall::up::HAS_PENDING),
+                        (deadline.is_some(), stall::up::DEADLINE),
+                    ]),
+                    Relaxed,
+                );
+                probe.up_held.store(encoder.held_bytes(), Relaxed);
                 tokio::select! {
                     biased;
                     msg = ctl_rx.recv(), if !down_done || !encoder.all_acked() => match msg {
@@ -325,9 +357,11 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 if !out.is_empty() {
                     up_charge.set((buf.len() + out.capacity()) as u64);
+                    Probe::set(&probe.up, stall::up::WRITING, true);
                     send.write_all(&out)
                         .await
                         .map_err(|e| FlowError::Tunnel(e.to_string()))?;
+                    Probe::set(&probe.up, stall::up::WRITING, false);
                     moved();
                     tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
                     totals.tx_wan.fetch_add(out.len() as u64, Relaxed);
@@ -362,10 +396,15 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
             let read_floor = decoder.peer_max_chunk() as u64 + FRAME_SLACK;
             let ctl = |m: Ctl| {
                 let tx = ctl_tx.clone();
+                let probe = &probe;
                 async move {
-                    tx.send(m)
+                    Probe::set(&probe.down, stall::down::SENDING_CTL, true);
+                    let r = tx
+                        .send(m)
                         .await
-                        .map_err(|_| FlowError::Tunnel("flow sender gone".into()))
+                        .map_err(|_| FlowError::Tunnel("flow sender gone".into()));
+                    Probe::set(&probe.down, stall::down::SENDING_CTL, false);
+                    r
                 }
             };
             loop {
@@ -424,11 +463,13 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                 }
+                // Acknowledge what was popped as it goes (every `ACK_EVERY` items, and all of it
+                // once the queue is drained), not only when the client has taken everything: a
+                // slow client must not leave the peer holding its whole window unacknowledged.
+                if let Some(a) = decoder.take_ack() {
+                    ctl(Ctl::Send(a)).await?;
+                }
                 if pending.is_none() {
-                    // Everything popped is written: acknowledge it.
-                    if let Some(a) = decoder.take_ack() {
-                        ctl(Ctl::Send(a)).await?;
-                    }
                     if decoder.is_done() && !shut {
                         shut = true;
                         // Propagate the half-close; a client that already closed is fine.
@@ -439,19 +480,41 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                         break;
                     }
                 }
-                down_charge.set(fd.buffered() as u64);
+                // Undecoded tunnel bytes and the popped chunk still being written (the decoder
+                // charges what it holds itself).
+                let writing = pending.as_ref().map_or(0, |b| b.len() - written) as u64;
+                down_charge.set(fd.allocated() as u64 + writing);
                 // The tunnel is read while the client is written: a slow client must not leave
                 // its data unread in QUIC's buffers, where it would hold the connection's
                 // receive window that every other flow of the tunnel shares. The decoder holds
                 // it instead, bounded by the flow window (a peer sending past it is reset). Past
-                // the budget, a flow reads on only while it holds less than one of the peer's
-                // frames (so the frame its client waits for can always complete) or while it
-                // waits for a supply (which comes behind what the peer sent meanwhile, bounded
-                // by the flow window).
+                // the budget, a flow with nothing to write reads on only while it holds less
+                // than one of the peer's frames (so the frame its client waits for can always
+                // complete), or while it waits for a supply (which comes behind what the peer
+                // sent meanwhile, bounded by the flow window). A flow still writing its client
+                // has work and waits: a thousand slow clients then hold one chunk each past the
+                // budget, not a chunk and a frame.
                 let may_read = !stream_done
                     && (!budget.is_exhausted()
-                        || decoder.held_bytes() + (fd.buffered() as u64) < read_floor
+                        || (pending.is_none()
+                            && decoder.held_bytes() + (fd.buffered() as u64) < read_floor)
                         || decoder.awaits_supply());
+                probe.down.store(
+                    stall::flags(&[
+                        (opened, stall::down::OPENED),
+                        (shut, stall::down::SHUT),
+                        (stream_done, stall::down::STREAM_DONE),
+                        (may_read, stall::down::MAY_READ),
+                        (pending.is_some(), stall::down::PENDING),
+                        (decoder.awaits_supply(), stall::down::AWAITS_SUPPLY),
+                        (decoder.is_done(), stall::down::DECODER_DONE),
+                        (budget.is_exhausted(), stall::down::BUDGET_EXHAUSTED),
+                    ]),
+                    Relaxed,
+                );
+                probe
+                    .down_held
+                    .store(decoder.held_bytes() + fd.buffered() as u64, Relaxed);
                 tokio::select! {
                     biased;
                     w = async {
@@ -509,6 +572,28 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
         on_error(&stream);
     }
     result
+}
+
+/// Metric families of the process-wide flow budget: its limit and the bytes flows hold now.
+pub fn budget_families(b: &Budget) -> Vec<strait_admin::ExtraFamily> {
+    let one = |name: &str, help: &str, v: u64| strait_admin::ExtraFamily {
+        name: name.to_string(),
+        help: help.to_string(),
+        kind: "gauge",
+        samples: vec![(Vec::new(), v as f64)],
+    };
+    vec![
+        one(
+            "flow_budget_bytes",
+            "Process-wide byte budget of flow buffers (limits.flow_budget).",
+            b.limit(),
+        ),
+        one(
+            "flow_budget_used_bytes",
+            "Bytes flow buffers, queues and slots hold now (each flow may hold its floor beyond the budget).",
+            b.used(),
+        ),
+    ]
 }
 
 /// Resets both halves of a stream.

@@ -15,12 +15,29 @@ async fn connection(
     quinn::Connection,
     quinn::Connection,
 ) {
+    connection_with(dir, None).await
+}
+
+/// [`connection`] with the server's transport parameters set.
+pub(crate) async fn connection_with(
+    dir: &std::path::Path,
+    server_transport: Option<quinn::TransportConfig>,
+) -> (
+    quinn::Endpoint,
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::Connection,
+) {
     crate::certs::generate(dir, &["core".into()], &["edge".into()], false).unwrap();
     let (ccert, ckey) = crate::certs::core_files("core");
     let (ecert, ekey) = crate::certs::edge_files("edge");
     let ca = dir.join("ca.pem");
     let sc = crate::tls::server_config(&ca, &dir.join(ccert), &dir.join(ckey)).unwrap();
-    let sc = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(sc).unwrap()));
+    let mut sc =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(sc).unwrap()));
+    if let Some(tc) = server_transport {
+        sc.transport_config(Arc::new(tc));
+    }
     let server = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap();
     let cc = crate::tls::client_config(&ca, Some((&dir.join(ecert), &dir.join(ekey)))).unwrap();
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -240,4 +257,70 @@ async fn a_flow_over_budget_is_not_starved_by_another_whose_client_never_reads()
     .await
     .expect("a flow over budget starved behind the stalled one");
     assert!(repeat.as_deref() == Some(&data[..]), "repeat differs");
+}
+
+/// The stream credit the core grants (`endpoint::stream_credit`) lets an edge keep
+/// `tunnel.max_flows` flows open however they churn: with all of them open, closing one lets a
+/// new one open at once. (With a credit of exactly `max_flows`, quinn announces the freed slot
+/// only after more than an eighth of them have closed, and this open waits for ever.)
+#[tokio::test]
+async fn after_one_of_max_flows_streams_closes_a_new_one_opens() {
+    const MAX_FLOWS: u32 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[tls]\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n[dedup]\nkey = \"{}\"\n\
+         [store]\npath = \"s\"\n[tunnel]\nmax_flows = {MAX_FLOWS}\n\
+         [core]\nlisten = \"127.0.0.1:0\"\n[[core.service]]\nname = \"a\"\nupstream = \"127.0.0.1:1\"\n",
+        "00".repeat(32)
+    );
+    let cfg = strait_config::parse(&text, std::path::Path::new("t.toml"), false).unwrap();
+    let tc = crate::endpoint::transport_config(&cfg.tunnel).unwrap();
+    let (_server, _client, core, edge) = connection_with(dir.path(), Some(tc)).await;
+    // Every open stream answers its byte, so the edge knows the core accepted it.
+    let server = tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((mut send, mut recv)) = core.accept_bi().await {
+            accepted += 1;
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                recv.read_exact(&mut b).await.unwrap();
+                send.write_all(&b).await.unwrap();
+                // Stream 0 is finished in both directions; the others stay open until the
+                // connection closes.
+                send.finish().unwrap();
+                let _ = recv.read_to_end(16).await;
+                let _ = send.stopped().await;
+            });
+        }
+        accepted
+    });
+    let mut open = Vec::new();
+    for i in 0..MAX_FLOWS {
+        let (mut send, mut recv) = edge.open_bi().await.unwrap();
+        send.write_all(&[u8::from(i != 0)]).await.unwrap();
+        let mut b = [0u8; 1];
+        recv.read_exact(&mut b).await.unwrap();
+        open.push((send, recv));
+    }
+    // Close stream 0 from the edge's side too, and wait until it is fully closed.
+    let (mut send0, mut recv0) = open.remove(0);
+    send0.finish().unwrap();
+    assert!(recv0.read_to_end(16).await.unwrap().is_empty());
+    send0.stopped().await.unwrap();
+    drop((send0, recv0));
+    let opened = tokio::time::timeout(Duration::from_secs(10), async {
+        let (mut send, mut recv) = edge.open_bi().await.unwrap();
+        send.write_all(&[1]).await.unwrap();
+        let mut b = [0u8; 1];
+        recv.read_exact(&mut b).await.unwrap();
+        (send, recv)
+    })
+    .await;
+    assert!(
+        opened.is_ok(),
+        "with {} of {MAX_FLOWS} flows open, no new stream within 10 s",
+        MAX_FLOWS - 1
+    );
+    edge.close(0u32.into(), b"done");
+    assert_eq!(server.await.unwrap(), MAX_FLOWS + 1);
 }

@@ -13,6 +13,7 @@ pub mod deltas;
 pub mod endpoint;
 pub mod flow;
 pub mod guard;
+pub mod stall;
 pub mod tls;
 pub mod versions;
 

@@ -20,7 +20,7 @@
 //! [`MAX_REFS_PER_FRAME`], [`MAX_NAME_LEN`], [`MAX_RUN_ITEMS`]); varints are at most 5 bytes and
 //! minimally encoded.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Protocol version carried in [`Frame::Hello`]; a peer speaking another version is refused.
 /// Version 2: `Hello` and `HelloOk` carry the sender's max chunk.
@@ -984,6 +984,11 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// Bytes the buffer has allocated (what it costs in memory).
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// How many more bytes are needed before [`FrameDecoder::next_frame`] can make progress
     /// (at least 1 when it returned `Ok(None)`).
     pub fn wanted(&self) -> usize {
@@ -1012,8 +1017,15 @@ impl FrameDecoder {
         if self.buf.len() < FRAME_HEADER_LEN + len {
             return Ok(None);
         }
-        let mut whole = self.buf.split_to(FRAME_HEADER_LEN + len);
-        let body = whole.split_off(FRAME_HEADER_LEN).freeze();
+        // The body is copied into its own allocation: a frame's payload may stay queued for long
+        // (for a slow client), and a slice would pin the whole receive buffer it came from,
+        // frames before and after it included. The buffer itself is freed whenever it empties,
+        // so an idle flow holds none.
+        let body = Bytes::copy_from_slice(&self.buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
+        self.buf.advance(FRAME_HEADER_LEN + len);
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
         Frame::decode_body(ty, body).map(|f| Some((f, FRAME_HEADER_LEN + len)))
     }
 }

@@ -134,6 +134,8 @@ proptest! {
         while let Some((f, _)) = d.next_frame().unwrap() { got.push(f); }
         prop_assert_eq!(got, fs);
         prop_assert_eq!(d.buffered(), 0);
+        // Drained: the decoder holds no allocation (an idle flow costs none).
+        prop_assert_eq!(d.allocated(), 0);
     }
 
     #[test]
