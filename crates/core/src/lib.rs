@@ -140,16 +140,15 @@ impl PerEdge {
         })
     }
 
-    /// [`PerEdge::take`], waiting up to `within` for a slot to free: the flows a reconnecting
+    /// [`PerEdge::take`], waiting until `deadline` for a slot to free: the flows a reconnecting
     /// client left may take a moment to close here after its edge has let them go.
-    async fn take_within(
+    async fn take_by(
         self: &Arc<Self>,
         edge: &str,
         kind: Kind,
         max: u32,
-        within: Duration,
+        deadline: tokio::time::Instant,
     ) -> Option<EdgeSlot> {
-        let deadline = tokio::time::Instant::now() + within;
         loop {
             let freed = self.1.notified();
             tokio::pin!(freed);
@@ -487,17 +486,19 @@ async fn serve_connection(
             };
             // From here on, every way out but a completed flow resets the stream.
             let stream = StreamGuard::new(send, recv);
+            // The wait for a flow slot and for the `Open` share one deadline: a stream that
+            // sends nothing is reset `open_timeout` after it arrived, whatever it waited on.
+            let open_by = tokio::time::Instant::now() + sh.cfg.limits.open_timeout;
             let (sh2, edge2, tunnel_flows) = (sh.clone(), edge.clone(), tunnel_flows.clone());
             sh.flows.spawn(
                 async move {
                     let metrics = sh2.metrics.clone();
                     // A flow beyond `tunnel.max_flows` on this connection (QUIC's stream credit
                     // is a little above it, see `endpoint::stream_credit`) or beyond
-                    // `limits.max_flows_per_edge` waits up to the Open timeout for a slot: flows
-                    // the edge already let go may still be closing here. Then it is reset.
-                    let within = sh2.cfg.limits.open_timeout;
+                    // `limits.max_flows_per_edge` waits, until its Open deadline, for a slot:
+                    // flows the edge already let go may still be closing here. Then it is reset.
                     let Ok(Ok(tunnel_slot)) =
-                        tokio::time::timeout(within, tunnel_flows.acquire_owned()).await
+                        tokio::time::timeout_at(open_by, tunnel_flows.acquire_owned()).await
                     else {
                         metrics.limit_reset(LimitReason::FlowsPerTunnel);
                         tracing::warn!(edge = %edge2, max = sh2.cfg.tunnel.max_flows, "flow reset: tunnel.max_flows reached on this connection");
@@ -506,14 +507,14 @@ async fn serve_connection(
                     let max_flows = sh2.cfg.limits.max_flows_per_edge;
                     let Some(flow_slot) = sh2
                         .per_edge
-                        .take_within(&edge2, Kind::Flow, max_flows, within)
+                        .take_by(&edge2, Kind::Flow, max_flows, open_by)
                         .await
                     else {
                         metrics.limit_reset(LimitReason::FlowsPerEdge);
                         tracing::warn!(edge = %edge2, max = max_flows, "flow reset: limits.max_flows_per_edge reached");
                         return;
                     };
-                    catch_panic(serve_flow(sh2, stream, peer, &edge2), &metrics).await;
+                    catch_panic(serve_flow(sh2, stream, peer, &edge2, open_by), &metrics).await;
                     drop(flow_slot);
                     drop(tunnel_slot);
                 }
@@ -571,11 +572,17 @@ async fn refuse(stream: &mut StreamGuard, code: RefuseCode, reason: &str) {
     stream.disarm();
 }
 
-async fn serve_flow(sh: Arc<Shared>, mut stream: StreamGuard, peer: PeerSlot, edge: &str) {
+async fn serve_flow(
+    sh: Arc<Shared>,
+    mut stream: StreamGuard,
+    peer: PeerSlot,
+    edge: &str,
+    open_by: tokio::time::Instant,
+) {
     let mut fd = FrameDecoder::new();
     let open_timeout = sh.cfg.limits.open_timeout;
     let first = flow::read_frame(&mut stream.recv, &mut fd, None);
-    let open = match tokio::time::timeout(open_timeout, first).await {
+    let open = match tokio::time::timeout_at(open_by, first).await {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
@@ -773,7 +780,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_flow_waiting_for_a_per_edge_slot_gets_the_one_freed_and_times_out_without() {
+    async fn a_flow_waiting_for_a_per_edge_slot_gets_the_one_freed_and_gives_up_at_its_deadline() {
         let per = Arc::new(PerEdge::default());
         let held = per.take("a", Kind::Flow, 1).unwrap();
         assert!(per.take("a", Kind::Flow, 1).is_none());
@@ -782,7 +789,7 @@ mod tests {
         // No slot frees: the wait ends empty at its deadline.
         let t = tokio::time::Instant::now();
         assert!(per
-            .take_within("a", Kind::Flow, 1, Duration::from_millis(50))
+            .take_by("a", Kind::Flow, 1, t + Duration::from_millis(50))
             .await
             .is_none());
         assert!(t.elapsed() >= Duration::from_millis(50));
@@ -790,9 +797,8 @@ mod tests {
         let waiter = tokio::spawn({
             let per = per.clone();
             async move {
-                per.take_within("a", Kind::Flow, 1, Duration::from_secs(30))
-                    .await
-                    .is_some()
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                per.take_by("a", Kind::Flow, 1, deadline).await.is_some()
             }
         });
         tokio::task::yield_now().await;
