@@ -205,10 +205,8 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
         loop {
             let last = Duration::from_millis(last_moved.load(Relaxed));
             let now = start.elapsed();
-            if idle_timeout.is_some_and(|t| now >= last + t) {
-                return FlowError::Idle {
-                    after: idle_timeout.unwrap_or_default(),
-                };
+            if let Some(after) = idle_timeout.filter(|t| now >= last + *t) {
+                return FlowError::Idle { after };
             }
             let warn_at = last + STALL_WARN;
             if now >= warn_at && warned_at != Some(last) {
@@ -494,10 +492,10 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 // sent meanwhile, bounded by the flow window). A flow still writing its client
                 // has work and waits: a thousand slow clients then hold one chunk each past the
                 // budget, not a chunk and a frame.
+                let held = decoder.held_bytes() + fd.buffered() as u64;
                 let may_read = !stream_done
                     && (!budget.is_exhausted()
-                        || (pending.is_none()
-                            && decoder.held_bytes() + (fd.buffered() as u64) < read_floor)
+                        || (pending.is_none() && held < read_floor)
                         || decoder.awaits_supply());
                 probe.down.store(
                     stall::flags(&[
@@ -512,9 +510,7 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     ]),
                     Relaxed,
                 );
-                probe
-                    .down_held
-                    .store(decoder.held_bytes() + fd.buffered() as u64, Relaxed);
+                probe.down_held.store(held, Relaxed);
                 tokio::select! {
                     biased;
                     w = async {
