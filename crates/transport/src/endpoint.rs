@@ -177,7 +177,11 @@ pub fn client_config(tls: &Tls, tunnel: &Tunnel) -> Result<quinn::ClientConfig, 
     let crypto = tls::client_config(&tls.ca, Some((&tls.cert, &tls.key)))?;
     let qc = QuicClientConfig::try_from(crypto).map_err(|e| Error::Tls(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(qc));
-    cc.transport_config(Arc::new(transport_config(tunnel)?));
+    let mut tc = transport_config(tunnel)?;
+    // The edge opens every flow and accepts none: the core may open no stream at all (a
+    // stream nobody accepts would only hold the connection's receive window).
+    tc.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    cc.transport_config(Arc::new(tc));
     Ok(cc)
 }
 

@@ -213,6 +213,24 @@ mod tests {
         (s, c.unwrap())
     }
 
+    /// The edge's endpoint grants the core no stream: it opens every flow itself and accepts
+    /// none, so a (hostile) core has nothing to fill. The edge still opens streams.
+    #[tokio::test]
+    async fn the_core_may_open_no_stream_to_the_edge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, client) = quic_pair(dir.path()).await;
+        // Stream credit comes with the handshake's transport parameters: with any, this open
+        // would complete at once.
+        let opened = tokio::time::timeout(Duration::from_millis(500), server.open_bi()).await;
+        assert!(opened.is_err(), "the core opened a stream to the edge");
+        let (mut cs, _cr) = client.open_bi().await.unwrap();
+        cs.write_all(b"open").await.unwrap();
+        let (_ss, mut sr) = server.accept_bi().await.unwrap();
+        let mut got = [0u8; 4];
+        sr.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"open");
+    }
+
     #[tokio::test]
     async fn armed_stream_guard_resets_and_disarmed_one_finishes() {
         let dir = tempfile::tempdir().unwrap();
