@@ -4,21 +4,39 @@
 //! Charging never fails: a decoder must take what arrives on its stream (supplies it asked for
 //! come after the data that made it ask), so it only charges; an encoder reads the budget to
 //! decide whether to read more from its client ([`crate::FlowEncoder::window_full`]), which is
-//! backpressure, never a failure. Each flow may always hold a floor (one maximal chunk) however
-//! full the budget is, so every flow can make progress.
+//! backpressure, never a failure.
+//!
+//! Past the limit, a sender that holds nothing in flight may still go on through a **floor**:
+//! one of [`floor_permits`] permits of its budget, held until the item it lets through is
+//! acknowledged. So the bytes beyond the limit are bounded by the permits, not by the number of
+//! flows (a thousand flows each over by one chunk were 100-300 MB past a 128 MiB budget), and
+//! a flow that waits for a permit, or for room, is woken when one is given back or bytes are
+//! released ([`Budget::room`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Default process-wide budget of flow buffers: with 1,000 flows of slow readers the process
 /// stays within a few hundred MiB of RSS (each flow can still hold its floor of one chunk), while
 /// a few bulk flows can each use a full 64 MiB window.
 pub const DEFAULT_FLOW_BUDGET: u64 = 128 << 20;
 
+/// Floor permits of a budget of `limit` bytes: one per MiB, at least 16 and at most 256 (a
+/// floor holds one chunk, 64 KiB on average and 256 KiB at most, plus a read buffer: a 128 MiB
+/// budget lets at most 128 flows exceed it, by about 16 MiB together).
+pub fn floor_permits(limit: u64) -> usize {
+    (limit >> 20).clamp(16, 256) as usize
+}
+
 struct Inner {
     limit: u64,
     used: AtomicU64,
     parent: Option<Budget>,
+    /// Permits to go past the limit (see the module documentation).
+    floors: Arc<Semaphore>,
+    /// Woken (one waiter per release) when bytes are released while under the limit.
+    room: Notify,
 }
 
 /// A shared byte budget (cheap to clone: a handle). A child budget (e.g. per peer identity)
@@ -51,6 +69,8 @@ impl Budget {
                 limit,
                 used: AtomicU64::new(0),
                 parent: None,
+                floors: Arc::new(Semaphore::new(floor_permits(limit))),
+                room: Notify::new(),
             }),
         }
     }
@@ -67,6 +87,8 @@ impl Budget {
                 limit,
                 used: AtomicU64::new(0),
                 parent: Some(self.clone()),
+                floors: Arc::new(Semaphore::new(floor_permits(limit))),
+                room: Notify::new(),
             }),
         }
     }
@@ -99,6 +121,38 @@ impl Budget {
         if let Some(p) = &self.inner.parent {
             p.sub(n);
         }
+        if self.used() < self.inner.limit {
+            // One waiter per release: it takes the room or passes the wake-up on (tokio's
+            // `Notify` hands a dropped waiter's notification to the next), never a herd. A
+            // waiter woken while an ancestor is still full waits on that ancestor next.
+            self.inner.room.notify_one();
+        }
+    }
+
+    /// Resolves once this budget (and its ancestors) may have room: at once if it has, else
+    /// at a later release of bytes. Spurious wake-ups are possible; check again.
+    pub async fn room(&self) {
+        let own = self.inner.room.notified();
+        if self.used() >= self.inner.limit {
+            own.await;
+        } else if let Some(p) = self.inner.parent.as_ref().filter(|p| p.is_exhausted()) {
+            Box::pin(p.room()).await;
+        }
+    }
+
+    /// A floor: a permit to go on past the limit with one item in flight (see the module
+    /// documentation). Held until that item is acknowledged; dropping it gives it back.
+    pub async fn floor(&self) -> Floor {
+        let permit = Arc::clone(&self.inner.floors)
+            .acquire_owned()
+            .await
+            .expect("a budget's floor semaphore is never closed");
+        Floor { _permit: permit }
+    }
+
+    /// Floor permits not taken now.
+    pub fn free_floors(&self) -> usize {
+        self.inner.floors.available_permits()
     }
 
     /// A charge of zero bytes against this budget, to be set as the holder's bytes change.
@@ -108,6 +162,12 @@ impl Budget {
             held: 0,
         }
     }
+}
+
+/// A floor permit of a [`Budget`] (see [`Budget::floor`]); dropping it gives it back.
+#[derive(Debug)]
+pub struct Floor {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The bytes one holder has charged to a [`Budget`]; dropping it releases them.

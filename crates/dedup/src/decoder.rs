@@ -70,6 +70,9 @@ pub struct FlowDecoder {
     preview: Preview,
     /// What this decoder holds, charged to the process budget.
     charge: Charge,
+    /// Wants found while popping ([`FlowDecoder::take_wants`]) and the error met then.
+    late_wants: Vec<WireId>,
+    late_error: Option<Error>,
     /// Queue slots and index entries visited (tests count work with it, not time).
     #[cfg(test)]
     pub(crate) visits: u64,
@@ -113,6 +116,8 @@ impl FlowDecoder {
             identity: None,
             preview: Preview::default(),
             charge: Budget::unlimited().charge(),
+            late_wants: Vec::new(),
+            late_error: None,
             #[cfg(test)]
             visits: 0,
         }
@@ -444,6 +449,19 @@ impl FlowDecoder {
             self.stats.ref_chunks.fetch_add(1, Relaxed);
             self.identity = Some(r.id);
             self.record_chain(&r.id);
+            // Without previews to check, a chunk the store holds is read when delivered.
+            if skip == 0 && matches!(check, Check::None) && self.store.peer_has(&r.id, self.peer) {
+                self.stats.dedup_saved_bytes.fetch_add(rest as u64, Relaxed);
+                self.push_item(
+                    Slot::Stored {
+                        id: r.id,
+                        len: r.len,
+                    },
+                    rest,
+                    skip,
+                )?;
+                continue;
+            }
             match self.store_get(&r.id, r.len) {
                 Some(b) => {
                     self.stats.dedup_saved_bytes.fetch_add(rest as u64, Relaxed);

@@ -360,6 +360,13 @@ impl FlowEncoder {
         Bytes::from(chunk)
     }
 
+    /// Whether this encoder holds no client byte: no partial chunk, nothing batched, every item
+    /// acknowledged. Past the budget, such a flow still reads its client (a small buffer) to
+    /// learn whether it has anything to send; one that holds bytes needs a floor to read on.
+    pub fn holds_nothing(&self) -> bool {
+        self.held_cost == 0 && self.partial.is_empty() && !self.has_unsent_items()
+    }
+
     /// Whether unsent bytes of a partial chunk, pending references or an open delta run wait for
     /// [`FlowEncoder::flush`].
     pub fn has_pending(&self) -> bool {

@@ -63,7 +63,7 @@ pub mod delta;
 mod encoder;
 pub mod run;
 
-pub use budget::{Budget, Charge, DEFAULT_FLOW_BUDGET};
+pub use budget::{floor_permits, Budget, Charge, Floor, DEFAULT_FLOW_BUDGET};
 pub use decoder::FlowDecoder;
 pub use delta::{DeltaConfig, DeltaStats, SketchIndex};
 pub use encoder::{EncoderConfig, FlowEncoder};

@@ -247,17 +247,35 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
             let mut client_eof = false;
             let mut down_done = false;
             let mut deadline: Option<Instant> = None;
+            // A floor of the budget (see `strait_dedup::budget`) and the items sent when it was
+            // taken: past the budget, a flow holding nothing in flight reads on only with one.
+            let mut floor: Option<(strait_dedup::Floor, u64)> = None;
             loop {
                 if client_eof && encoder.all_acked() && down_done {
                     break;
                 }
-                if (buf.is_empty() || (bulk && buf.len() < READ_BUF))
-                    && !client_eof
-                    && !encoder.window_full()
-                {
+                // The floor is given back once the budget has room, or once the item it let
+                // through is acknowledged (the flow then queues again behind the others).
+                if floor.as_ref().is_some_and(|(_, sent)| {
+                    !budget.is_exhausted() || (encoder.sent_items() > *sent && encoder.all_acked())
+                }) {
+                    floor = None;
+                }
+                // Held back by the window, or by the budget: past it, a flow with an item in
+                // flight waits for its acknowledgement (`window_full`), one holding client bytes
+                // but nothing in flight for a floor, and one holding nothing reads on in a small
+                // buffer (an idle client, a download's once its request is sent, takes no floor).
+                let over = floor.is_none() && budget.is_exhausted();
+                let held_back = encoder.window_full() || (over && !encoder.holds_nothing());
+                let size = if bulk && !over {
+                    READ_BUF
+                } else {
+                    FIRST_READ_BUF
+                };
+                if (buf.is_empty() || buf.len() < size) && !client_eof && !held_back {
                     // Small until the client sends in bulk: an idle client (a download's, once
                     // its request is sent) costs 4 KiB, not 64.
-                    buf = vec![0u8; if bulk { READ_BUF } else { FIRST_READ_BUF }];
+                    buf = vec![0u8; size];
                     up_charge.set((buf.len() + out.capacity()) as u64);
                 }
                 let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
@@ -286,7 +304,13 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     _ = std::future::ready(()), if encoder.has_supply() => {
                         while out.len() < MAX_SUPPLY_BATCH && encoder.poll_supply(&mut out) {}
                     }
-                    n = client_r.read(&mut buf), if !client_eof && !buf.is_empty() && !encoder.window_full() => {
+                    f = budget.floor(), if !client_eof && held_back && !encoder.window_full() => {
+                        floor = Some((f, encoder.sent_items()));
+                    }
+                    // Room may come back before a floor does (the floors' holders may be waiting
+                    // on slow clients): look again then.
+                    () = budget.room(), if !client_eof && held_back && !encoder.window_full() => {}
+                    n = client_r.read(&mut buf), if !client_eof && !buf.is_empty() && !held_back => {
                         match n {
                             Ok(0) => {
                                 client_eof = true;
@@ -365,7 +389,9 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     totals.tx_wan.fetch_add(out.len() as u64, Relaxed);
                     out.clear();
                 }
-                if encoder.window_full() && !encoder.has_supply() {
+                let held_back = encoder.window_full()
+                    || (floor.is_none() && budget.is_exhausted() && !encoder.holds_nothing());
+                if held_back && !encoder.has_supply() {
                     // Held back (by the window or the budget), possibly for long: keep the
                     // data, free the buffers.
                     buf = Vec::new();
@@ -449,6 +475,11 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 if pending.is_none() {
                     pending = decoder.pop_ready();
+                    // A reference whose chunk the store lost meanwhile is wanted now.
+                    decoder.take_wants(&mut wants)?;
+                    if !wants.is_empty() {
+                        ctl(Ctl::Send(Frame::Want(std::mem::take(&mut wants)))).await?;
+                    }
                     written = 0;
                     if let Some(b) = &pending {
                         if let Some(t) = versions.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
@@ -480,7 +511,8 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 // Undecoded tunnel bytes and the popped chunk still being written (the decoder
                 // charges what it holds itself).
-                let writing = pending.as_ref().map_or(0, |b| b.len() - written) as u64;
+                // The whole chunk: its allocation lives until the last byte is written.
+                let writing = pending.as_ref().map_or(0, |b| b.len()) as u64;
                 down_charge.set(fd.allocated() as u64 + writing);
                 // The tunnel is read while the client is written: a slow client must not leave
                 // its data unread in QUIC's buffers, where it would hold the connection's

@@ -23,6 +23,13 @@ pub(super) enum Check {
 
 pub(super) enum Slot {
     Ready(Bytes),
+    /// A reference to a chunk this side's store held when it arrived: read (and verified) only
+    /// when it is delivered, so a queue of references holds ids, not chunks. Read back missing
+    /// or corrupt, it becomes `Waiting` and is wanted then.
+    Stored {
+        id: WireId,
+        len: u32,
+    },
     Waiting {
         id: WireId,
         len: u32,
@@ -76,6 +83,7 @@ impl Waiter {
 pub(super) fn slot_cost(slot: &Slot) -> u64 {
     match slot {
         Slot::Ready(b) => entry_bytes(b.len()),
+        Slot::Stored { .. } => entry_bytes(0),
         Slot::Waiting { from, to, .. } => entry_bytes(to.saturating_sub(*from) as usize),
         Slot::Run(r) => r.acct,
         Slot::Chunks(c) => c.iter().map(|b| entry_bytes(b.len())).sum(),
@@ -126,7 +134,7 @@ impl FlowDecoder {
         match &slot {
             Slot::Waiting { id, .. } => self.waiting.entry(*id).or_default().seqs.push(seq),
             Slot::Run(r) => self.run_waiting.entry(r.digest).or_default().seqs.push(seq),
-            Slot::Ready(_) | Slot::Chunks(_) => {}
+            Slot::Ready(_) | Slot::Stored { .. } | Slot::Chunks(_) => {}
         }
         self.queue.push_back(slot);
         Ok(())
@@ -170,9 +178,15 @@ impl FlowDecoder {
         Ok(())
     }
 
-    /// The next bytes to deliver to the client, in stream order.
+    /// The next bytes to deliver to the client, in stream order. A reference read back
+    /// missing from the store is wanted: send [`FlowDecoder::take_wants`] after each call.
     pub fn pop_ready(&mut self) -> Option<Bytes> {
         let b = loop {
+            if let Some(&Slot::Stored { id, len }) = self.queue.front() {
+                if !self.load_stored(id, len) {
+                    break None;
+                }
+            }
             let b = match self.queue.front_mut() {
                 Some(Slot::Chunks(c)) => {
                     let Some(b) = c.pop_front() else {
@@ -208,6 +222,53 @@ impl FlowDecoder {
         }
         self.recharge();
         b
+    }
+
+    /// Reads the stored chunk of the reference at the head of the queue into a ready slot;
+    /// `false` when the store no longer has it intact: the slot then waits for it, wanted.
+    fn load_stored(&mut self, id: WireId, len: u32) -> bool {
+        let seq = self.popped;
+        if let Some(b) = self.store_get(&id, len) {
+            // Over the flow's bound only for a peer that sent more than its window.
+            return match self.replace(seq, Slot::Ready(b)) {
+                Ok(()) => true,
+                Err(e) => {
+                    self.late_error.get_or_insert(e);
+                    false
+                }
+            };
+        }
+        self.stats
+            .misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut wants = std::mem::take(&mut self.late_wants);
+        if let Err(e) = self.want_missing(id, &mut wants) {
+            self.late_error.get_or_insert(e);
+        }
+        self.late_wants = wants;
+        self.waiting.entry(id).or_default().seqs.insert(0, seq);
+        let slot = Slot::Waiting {
+            id,
+            len,
+            store: true,
+            from: 0,
+            to: len,
+            check: Check::None,
+        };
+        if let Err(e) = self.replace(seq, slot) {
+            self.late_error.get_or_insert(e);
+        }
+        false
+    }
+
+    /// The wants [`FlowDecoder::pop_ready`] found (send them like those of `on_frame`), or the
+    /// error it met (a chunk wanted too often, the flow's bound exceeded).
+    pub fn take_wants(&mut self, wants: &mut Vec<WireId>) -> Result<(), Error> {
+        if let Some(e) = self.late_error.take() {
+            return Err(e);
+        }
+        wants.append(&mut self.late_wants);
+        Ok(())
     }
 
     /// Bytes this decoder holds, counted honestly (at least [`crate::MIN_SLOT_BYTES`] per slot).
