@@ -1,10 +1,31 @@
 //! What every TCP listener of a process shares (the admin server, the HTTP ingress, the edge's
-//! forwards, the core's upstream sockets): accept-error backoff and TCP keepalive.
+//! forwards, the core's upstream sockets): a deep accept queue, accept-error backoff and TCP
+//! keepalive.
 //!
-//! It lives here because `strait-admin` is the lowest crate every listener depends on; it holds
-//! no listener itself.
+//! It lives here because `strait-admin` is the lowest crate every listener depends on.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+/// Pending connections a listener queues before it accepts them (the kernel caps it at
+/// `net.core.somaxconn`, 4,096 on current kernels). std's and tokio's 128 dropped handshakes:
+/// a thousand clients reconnecting at once (a soak's round of slow downloads ending together)
+/// had their SYN-ACKs retried for a minute; and 200 slowloris connections arriving together at
+/// the admin server, whose accept loop waits for room at its connection cap, filled the queue,
+/// so an orchestrator's probe arriving with them was dropped and its SYN retried after a second.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`] (address reuse on, like `TcpListener::bind`).
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(LISTEN_BACKLOG)
+}
 
 /// First pause after a failed `accept`. Errors such as EMFILE (out of file descriptors) repeat
 /// immediately while the condition lasts; retrying without a pause spins a core at 100 %.
@@ -84,6 +105,25 @@ mod tests {
         assert_eq!(seq, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         b.reset();
         assert_eq!(b.next_delay(), ACCEPT_BACKOFF_MIN);
+    }
+
+    /// A burst of connections to a listener whose accept loop is busy waits in its queue: with
+    /// std's and tokio's backlog of 128, handshakes beyond it were dropped and each retried a
+    /// second later (an admin probe behind 200 slowloris connections timed out).
+    #[tokio::test]
+    async fn a_burst_of_300_connections_waits_in_the_queue_of_a_listener_that_accepts_none() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let failed = tokio::task::spawn_blocking(move || {
+            let conns: Vec<_> = (0..300)
+                .map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)))
+                .collect();
+            conns.iter().filter(|c| c.is_err()).count()
+        })
+        .await
+        .unwrap();
+        assert_eq!(failed, 0, "{failed} of 300 handshakes were dropped");
+        drop(l);
     }
 
     #[tokio::test]

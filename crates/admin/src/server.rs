@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 /// Admin server errors.
@@ -185,9 +184,9 @@ pub async fn serve(
     options: AdminOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + Send), Error> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
+    // A deep queue: a burst of connections must not drop a probe's handshake while the
+    // accept loop waits for room at the connection cap.
+    let listener = crate::listen::bind(addr).map_err(|source| Error::Bind { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;

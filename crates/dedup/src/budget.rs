@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-/// Default process-wide budget of flow buffers: with 1,000 flows of slow readers the process
-/// stays within a few hundred MiB of RSS (each flow can still hold its floor of one chunk), while
-/// a few bulk flows can each use a full 64 MiB window.
+/// Default process-wide budget of flow buffers: with 1,000 flows of slow readers each process
+/// stays under 256 MiB of RSS (BENCHMARKS.md, Soak), while a few bulk flows can each use a full
+/// window.
 pub const DEFAULT_FLOW_BUDGET: u64 = 128 << 20;
 
 /// Floor permits of a budget of `limit` bytes: one per MiB, at least 16 and at most 256 (a
@@ -202,5 +202,86 @@ impl Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         self.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    /// Polls `f` once: its output if it completed.
+    async fn poll_once<F: Future>(f: &mut Pin<Box<F>>) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match f.as_mut().poll(cx) {
+                Poll::Ready(o) => Some(o),
+                Poll::Pending => None,
+            })
+        })
+        .await
+    }
+
+    /// Polls `f` once: whether it completed.
+    async fn ready_now<F: Future>(f: &mut Pin<Box<F>>) -> bool {
+        poll_once(f).await.is_some()
+    }
+
+    #[tokio::test]
+    async fn floors_bound_the_holders_past_the_limit_and_a_floor_given_back_goes_to_a_waiter() {
+        let budget = Budget::new(16 << 20);
+        let n = floor_permits(budget.limit());
+        assert_eq!(n, 16);
+        let mut held = Vec::new();
+        for _ in 0..n {
+            held.push(budget.floor().await);
+        }
+        assert_eq!(budget.free_floors(), 0);
+        let mut waiter = Box::pin(budget.floor());
+        assert!(!ready_now(&mut waiter).await, "a floor beyond the permits");
+        held.pop();
+        let got = poll_once(&mut waiter).await;
+        assert!(got.is_some(), "the floor given back went nowhere");
+        held.extend(got);
+        // A child has floors of its own: one edge's holders cannot take another's.
+        let child = budget.child(1 << 20);
+        assert_eq!(child.free_floors(), floor_permits(1 << 20));
+        let _f = child.floor().await;
+        assert_eq!(budget.free_floors(), 0);
+    }
+
+    #[tokio::test]
+    async fn room_waits_for_a_release_under_the_limit_and_a_child_for_its_full_parent() {
+        let budget = Budget::new(1 << 20);
+        let mut hog = budget.charge();
+        hog.set(2 << 20);
+        let mut room = Box::pin(budget.room());
+        assert!(
+            !ready_now(&mut room).await,
+            "room while 2 MiB of 1 are held"
+        );
+        hog.set(3 << 19);
+        assert!(
+            !ready_now(&mut room).await,
+            "room while still over the limit"
+        );
+        hog.set(1 << 19);
+        assert!(
+            ready_now(&mut room).await,
+            "no wake-up once under the limit"
+        );
+        // The parent is full through another child: this child's waiter waits on the parent.
+        let (a, b) = (budget.child(4 << 20), budget.child(4 << 20));
+        let mut other = b.charge();
+        other.set(1 << 20);
+        assert!(a.is_exhausted());
+        let mut room = Box::pin(a.room());
+        assert!(!ready_now(&mut room).await, "room while the parent is full");
+        other.set(0);
+        assert!(
+            ready_now(&mut room).await,
+            "a release in the sibling never woke it"
+        );
     }
 }

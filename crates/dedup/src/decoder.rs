@@ -56,6 +56,8 @@ pub struct FlowDecoder {
     /// Items delivered (what acknowledgements count).
     delivered: u64,
     last_ack: u64,
+    /// Bytes delivered since the last acknowledgement (see [`crate::ACK_BYTES`]).
+    unacked_delivered: u64,
     ended: bool,
     stats: Arc<RouteStats>,
     delta_stats: Arc<DeltaStats>,
@@ -107,6 +109,7 @@ impl FlowDecoder {
             next_check: 0,
             delivered: 0,
             last_ack: 0,
+            unacked_delivered: 0,
             ended: false,
             stats,
             delta_stats: Arc::new(DeltaStats::default()),
@@ -598,12 +601,16 @@ impl FlowDecoder {
         Ok(())
     }
 
-    /// An `Ack` to send, when enough was delivered since the last one (or the queue drained).
+    /// An `Ack` to send, when enough was delivered since the last one ([`ACK_EVERY`] items or
+    /// [`crate::ACK_BYTES`] bytes) or the queue drained.
     pub fn take_ack(&mut self) -> Option<Frame> {
         if self.delivered > self.last_ack
-            && (self.queue.is_empty() || self.delivered - self.last_ack >= ACK_EVERY)
+            && (self.queue.is_empty()
+                || self.delivered - self.last_ack >= ACK_EVERY
+                || self.unacked_delivered >= crate::ACK_BYTES)
         {
             self.last_ack = self.delivered;
+            self.unacked_delivered = 0;
             return Some(Frame::Ack(self.delivered));
         }
         None

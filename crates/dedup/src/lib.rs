@@ -78,6 +78,10 @@ pub const PREVIEW_FLAG: u8 = 0x20;
 pub const REF_BATCH: usize = 64;
 /// The receiver acknowledges at least every this many delivered items.
 pub const ACK_EVERY: u64 = 16;
+/// ... and at least every this many delivered bytes: sixteen maximal chunks are 4 MiB, a minute
+/// of a 64 KiB/s client, during which the sender would hold them all and hear nothing (a
+/// thousand-flow soak's references all crossed at once and waited that long for an `Ack`).
+pub const ACK_BYTES: u64 = 256 << 10;
 /// Times a chunk may fail verification before the flow is reset; also the most times the
 /// sender supplies one id before the peer acknowledges it.
 pub const MAX_VERIFY_ATTEMPTS: u8 = 2;
@@ -100,6 +104,10 @@ pub enum Error {
     /// The peer asked for a chunk this flow never sent or already saw acknowledged.
     #[error("peer wanted chunk {0} which this flow is not holding")]
     UnknownWant(String),
+    /// The peer lacks a chunk this flow sent as a reference, and this side's store no longer
+    /// holds it intact either (evicted or corrupt meanwhile): the flow cannot be completed.
+    #[error("peer wanted chunk {0}, sent as a reference, which this side's store no longer holds")]
+    SupplyLost(String),
     /// A chunk does not start with the bytes its previews delivered (or is shorter).
     #[error("chunk {0} does not start with the bytes previewed for it")]
     PreviewMismatch(String),

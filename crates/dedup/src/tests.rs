@@ -46,6 +46,21 @@ pub(super) fn data(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// The sending settings [`transfer`] uses (small chunks, zstd-3, a 1 MiB window).
+fn transfer_config(dedup: bool) -> EncoderConfig {
+    EncoderConfig {
+        chunker: small_chunks(),
+        dedup,
+        compress: CompressConfig {
+            level: Some(3),
+            tensor: true,
+        },
+        window: 1 << 20,
+        delta: DeltaConfig::default(),
+        format_cuts: true,
+    }
+}
+
 /// Runs `input` through encoder → frames → decoder, answering wants, and returns what the
 /// decoder delivered.
 fn transfer(
@@ -105,17 +120,7 @@ fn transfer_parts(
         .peer_slot(delta.map_or("rx", |d| d.peer_name))
         .unwrap();
     let rx_peer = rx.store.peer_slot("tx").unwrap();
-    let cfg = EncoderConfig {
-        chunker: small_chunks(),
-        dedup,
-        compress: CompressConfig {
-            level: Some(3),
-            tensor: true,
-        },
-        window: 1 << 20,
-        delta: DeltaConfig::default(),
-        format_cuts: true,
-    };
+    let cfg = transfer_config(dedup);
     let mut enc = FlowEncoder::new(
         cfg,
         hasher.clone(),
@@ -156,6 +161,7 @@ fn transfer_parts(
             while let Some(b) = dec.pop_ready() {
                 out.extend_from_slice(&b);
             }
+            dec.take_wants(&mut wants)?;
             if let Some(Frame::Ack(n)) = dec.take_ack() {
                 enc.on_ack(n)?;
             }
@@ -227,6 +233,190 @@ fn wiped_receiver_store_misses_and_recovers_byte_exact() {
     );
     use std::sync::atomic::Ordering::Relaxed;
     assert!(r.misses.load(Relaxed) > 0);
+}
+
+/// A repeat's references are queued as ids and read from the store when delivered, so a
+/// receiver whose client is slow holds a few bytes per reference, not the chunks; a chunk the
+/// store lost between the reference and its delivery is wanted then, and the flow still ends
+/// byte-exact.
+#[test]
+fn references_are_read_when_delivered_and_a_chunk_lost_meanwhile_is_wanted_then() {
+    let (tx, rx) = (side(), side());
+    let input = data(9, 600_000);
+    let stats = || Arc::new(RouteStats::default());
+    transfer(&input, &tx, &rx, true, &stats(), &stats(), |_| {}).unwrap();
+    let hasher = ChunkHasher::new(KEY);
+    // As `transfer` chunks it, so the repeat crosses as references.
+    let cfg = transfer_config(true);
+    let tx_peer = tx.store.peer_slot("rx").unwrap();
+    let rx_peer = rx.store.peer_slot("tx").unwrap();
+    let mut enc = FlowEncoder::new(cfg, hasher.clone(), tx.store.clone(), tx_peer, stats());
+    let rx_stats = stats();
+    let mut dec = FlowDecoder::new(hasher, rx.store.clone(), rx_peer, 1 << 20, rx_stats.clone());
+    let mut wire = BytesMut::new();
+    enc.push(&input, &mut wire);
+    enc.finish(&mut wire);
+    // Every frame arrives before the client takes a byte.
+    let mut fd = FrameDecoder::new();
+    fd.extend(&wire);
+    let mut refs = Vec::new();
+    let mut wants = Vec::new();
+    while let Some((f, _)) = fd.next_frame().unwrap() {
+        if let Frame::Refs(r) = &f {
+            refs.extend(r.iter().map(|r| r.id));
+        }
+        dec.on_frame(f, &mut wants).unwrap();
+    }
+    assert!(
+        wants.is_empty(),
+        "the receiver lacked a chunk of the repeat"
+    );
+    assert!(refs.len() > 20, "{} references", refs.len());
+    let slot_bytes = refs.len() as u64 * MIN_SLOT_BYTES;
+    assert!(
+        dec.held_bytes() <= slot_bytes,
+        "{} references hold {} B, not {slot_bytes} (their chunks were read on arrival)",
+        refs.len(),
+        dec.held_bytes()
+    );
+    // The store loses one referenced chunk before it is delivered.
+    let lost = refs[refs.len() / 2];
+    rx.store.forget_peer(&lost, rx_peer);
+    let mut out = Vec::new();
+    while let Some(b) = dec.pop_ready() {
+        out.extend_from_slice(&b);
+    }
+    dec.take_wants(&mut wants).unwrap();
+    assert_eq!(wants, vec![lost], "the lost chunk was not wanted");
+    assert!(out.len() < input.len(), "delivered past the lost chunk");
+    enc.on_want(&std::mem::take(&mut wants)).unwrap();
+    let mut supply = BytesMut::new();
+    while enc.poll_supply(&mut supply) {}
+    fd.extend(&supply);
+    while let Some((f, _)) = fd.next_frame().unwrap() {
+        dec.on_frame(f, &mut wants).unwrap();
+    }
+    while let Some(b) = dec.pop_ready() {
+        out.extend_from_slice(&b);
+    }
+    dec.take_wants(&mut wants).unwrap();
+    assert!(wants.is_empty());
+    assert!(out == input, "the repeat differs");
+    assert!(dec.is_done());
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(rx_stats.misses.load(Relaxed), 1);
+}
+
+/// A reference is held by the sender as an id; a want of it reads the chunk back from the
+/// sender's store. If that store lost it meanwhile, the flow ends with a named error: nothing is
+/// supplied, nothing wrong is delivered.
+#[test]
+fn a_wanted_reference_is_read_back_from_the_store_and_one_it_lost_ends_the_flow() {
+    let (tx, rx) = (side(), side());
+    let input = data(11, 300_000);
+    let stats = || Arc::new(RouteStats::default());
+    transfer(&input, &tx, &rx, true, &stats(), &stats(), |_| {}).unwrap();
+    let cfg = transfer_config(true);
+    let peer = tx.store.peer_slot("rx").unwrap();
+    let encode = || {
+        let mut enc = FlowEncoder::new(cfg, ChunkHasher::new(KEY), tx.store.clone(), peer, stats());
+        let mut wire = BytesMut::new();
+        enc.push(&input, &mut wire);
+        enc.finish(&mut wire);
+        let mut fd = FrameDecoder::new();
+        fd.extend(&wire);
+        let mut ids = Vec::new();
+        while let Some((f, _)) = fd.next_frame().unwrap() {
+            if let Frame::Refs(r) = f {
+                ids.extend(r.iter().map(|r| r.id));
+            }
+        }
+        (enc, ids)
+    };
+    let (mut enc, ids) = encode();
+    assert!(
+        ids.len() > 10,
+        "the repeat crossed as {} references",
+        ids.len()
+    );
+    assert!(
+        enc.held_bytes() < input.len() as u64 / 4,
+        "references hold {} B of a {} B repeat",
+        enc.held_bytes(),
+        input.len()
+    );
+    // Wanted: read back from the store, supplied whole and verified by the receiver's hash.
+    enc.on_want(&[ids[3]]).unwrap();
+    let mut out = BytesMut::new();
+    while enc.poll_supply(&mut out) {}
+    enc.take_error().unwrap();
+    let mut fd = FrameDecoder::new();
+    fd.extend(&out);
+    match fd.next_frame().unwrap() {
+        Some((Frame::Supply { id, len, .. }, _)) => assert_eq!((id, len > 0), (ids[3], true)),
+        other => panic!("expected a supply, got {other:?}"),
+    }
+    // The store loses its bytes (every record zeroed): the next want cannot be answered.
+    let (mut enc, ids) = encode();
+    for e in std::fs::read_dir(tx._dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            let n = std::fs::metadata(&p).unwrap().len() as usize;
+            std::fs::write(&p, vec![0u8; n]).unwrap();
+        }
+    }
+    enc.on_want(&[ids[5]]).unwrap();
+    let mut out = BytesMut::new();
+    while enc.poll_supply(&mut out) {}
+    let e = enc.take_error().unwrap_err();
+    assert!(matches!(e, Error::SupplyLost(_)), "{e}");
+    assert!(
+        out.is_empty(),
+        "{} bytes supplied from a lost chunk",
+        out.len()
+    );
+}
+
+/// A receiver acknowledges by bytes as well as by items: a slow client taking maximal chunks
+/// would otherwise leave its sender without an `Ack` for sixteen of them (a minute at 64 KiB/s).
+#[test]
+fn the_receiver_acknowledges_every_ack_bytes_delivered_even_with_fewer_items() {
+    let rx = side();
+    let hasher = ChunkHasher::new(KEY);
+    let peer = rx.store.peer_slot("tx").unwrap();
+    let mut dec = FlowDecoder::new(
+        hasher.clone(),
+        rx.store.clone(),
+        peer,
+        64 << 20,
+        Arc::new(RouteStats::default()),
+    );
+    let chunk_len = 200_000;
+    for seed in 0..6 {
+        let chunk = data(100 + seed, chunk_len);
+        dec.on_frame(
+            Frame::Literal {
+                id: hasher.id(&chunk).0,
+                codec: 0,
+                len: chunk.len() as u32,
+                payload: chunk.into(),
+            },
+            &mut Vec::new(),
+        )
+        .unwrap();
+    }
+    let mut acks = Vec::new();
+    for popped in 1..=4u64 {
+        assert!(dec.pop_ready().is_some());
+        if let Some(Frame::Ack(n)) = dec.take_ack() {
+            acks.push((popped, n));
+        }
+    }
+    // 200 KB items: the second pop passes ACK_BYTES (256 KiB), the fourth again; the queue is
+    // never empty and far fewer than ACK_EVERY items were delivered.
+    let len = chunk_len as u64;
+    assert!(ACK_EVERY > 4 && 2 * len > ACK_BYTES && len < ACK_BYTES);
+    assert_eq!(acks, vec![(2, 2), (4, 4)]);
 }
 
 #[test]

@@ -363,23 +363,8 @@ impl Edge {
     }
 }
 
-/// Pending connections a client-facing listener queues before it accepts them (the kernel caps
-/// it at `net.core.somaxconn`, 4,096 on current kernels). std's 128 dropped the handshakes of
-/// a thousand clients reconnecting at once (a soak's round of slow downloads ending together):
-/// their SYN-ACKs were retried for a minute while the clients waited on a request already sent.
-pub const LISTEN_BACKLOG: u32 = 4096;
-
-/// A client-facing listener on `addr` with [`LISTEN_BACKLOG`].
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    s.set_reuseaddr(true)?;
-    s.bind(addr)?;
-    s.listen(LISTEN_BACKLOG)
-}
+use strait_admin::listen::bind as listen;
+pub use strait_admin::listen::LISTEN_BACKLOG;
 
 impl Shared {
     /// What an HTTP listener of this edge serves with.

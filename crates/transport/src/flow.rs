@@ -3,7 +3,9 @@
 //!
 //! Memory per flow is bounded: the sender holds at most `dedup.flow_window` unacknowledged bytes
 //! (it stops reading its client beyond that, or once the process-wide [`Budget`] is exhausted
-//! and it holds any unacknowledged item — backpressure, with one item in flight as the floor),
+//! and it holds any unacknowledged item — backpressure; past the budget, a sender holding client
+//! bytes but nothing in flight goes on only with one of the budget's floors, see
+//! `strait_dedup::budget`),
 //! the receiver queues at most twice that plus one of the peer's max chunks while waiting for a
 //! missed chunk (more is a reset), plus one read buffer ([`FIRST_READ_BUF`], [`READ_BUF`] once
 //! the client sends in bulk, freed while the window holds the client back), one partial chunk
@@ -200,6 +202,7 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let moved = || last_moved.store(start.elapsed().as_millis() as u64, Relaxed);
     let probe = Probe::default();
     // Fails the flow after its idle timeout; logs the halves' state once per stall before that.
+    let sid = send.id();
     let idle = async {
         let mut warned_at = None;
         loop {
@@ -212,10 +215,14 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
             if now >= warn_at && warned_at != Some(last) {
                 warned_at = Some(last);
                 if probe.is_stuck() {
-                    tracing::warn!(stalled_for = ?now - last, state = %probe, "flow stalled");
+                    tracing::warn!(stream = %sid, stalled_for = ?now - last, state = %probe, "flow stalled");
                 } else {
-                    tracing::debug!(idle_for = ?now - last, state = %probe, "flow idle");
+                    tracing::debug!(stream = %sid, idle_for = ?now - last, state = %probe, "flow idle");
                 }
+            }
+            let trace = tracing::enabled!(tracing::Level::TRACE);
+            if trace {
+                tracing::trace!(stream = %sid, moved_ago = ?now - last, state = %probe, "flow state");
             }
             // Once warned, look again a stall period later (the flow may move and stall anew).
             let next = if warned_at == Some(last) {
@@ -224,6 +231,11 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 warn_at
             };
             let next = idle_timeout.map_or(next, |t| next.min(last + t));
+            let next = if trace {
+                next.min(now + STALL_WARN / 4)
+            } else {
+                next
+            };
             tokio::time::sleep_until(start + next).await;
         }
     };
@@ -250,23 +262,67 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
             // A floor of the budget (see `strait_dedup::budget`) and the items sent when it was
             // taken: past the budget, a flow holding nothing in flight reads on only with one.
             let mut floor: Option<(strait_dedup::Floor, u64)> = None;
+            // The wait for a floor, kept across turns: the floors are handed out in arrival
+            // order, and a wait dropped at every wake-up (an acknowledgement, a release of
+            // budget) would go to the back of the queue each time and could starve.
+            let mut floor_wait = None;
             loop {
+                // Act first (write what is encoded, send batched items, free buffers), then
+                // wait (the select below) on a state no await separates from its guards.
+                if !out.is_empty() {
+                    up_charge.set((buf.len() + out.capacity()) as u64);
+                    Probe::set(&probe.up, stall::up::WRITING, true);
+                    send.write_all(&out)
+                        .await
+                        .map_err(|e| FlowError::Tunnel(e.to_string()))?;
+                    Probe::set(&probe.up, stall::up::WRITING, false);
+                    moved();
+                    tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
+                    totals.tx_wan.fetch_add(out.len() as u64, Relaxed);
+                    out.clear();
+                }
                 if client_eof && encoder.all_acked() && down_done {
                     break;
                 }
+                // One look at the budget decides this turn: other flows charge it from other
+                // threads at any moment, and a flow that decided to flush on one reading and
+                // to wait on another would wait for acknowledgements of items it never sent.
+                let exhausted = budget.is_exhausted();
                 // The floor is given back once the budget has room, or once the item it let
                 // through is acknowledged (the flow then queues again behind the others).
                 if floor.as_ref().is_some_and(|(_, sent)| {
-                    !budget.is_exhausted() || (encoder.sent_items() > *sent && encoder.all_acked())
+                    !exhausted || (encoder.sent_items() > *sent && encoder.all_acked())
                 }) {
                     floor = None;
                 }
                 // Held back by the window, or by the budget: past it, a flow with an item in
-                // flight waits for its acknowledgement (`window_full`), one holding client bytes
-                // but nothing in flight for a floor, and one holding nothing reads on in a small
+                // flight waits for its acknowledgement (`full`), one holding client bytes but
+                // nothing in flight for a floor, and one holding nothing reads on in a small
                 // buffer (an idle client, a download's once its request is sent, takes no floor).
-                let over = floor.is_none() && budget.is_exhausted();
-                let held_back = encoder.window_full() || (over && !encoder.holds_nothing());
+                let full = encoder.window_full_at(exhausted);
+                let over = floor.is_none() && exhausted;
+                let held_back = full || (over && !encoder.holds_nothing());
+                if full && encoder.has_unsent_items() {
+                    // Held back with items the peer has not been sent: only their
+                    // acknowledgements can free the window, so send them before waiting (the
+                    // flush timer waits for an idle client, which this one is not).
+                    encoder.flush_items(&mut out);
+                    continue;
+                }
+                let wants_floor = !client_eof && held_back && !full;
+                if !wants_floor {
+                    floor_wait = None;
+                } else if floor_wait.is_none() {
+                    floor_wait = Some(Box::pin(budget.floor()));
+                }
+                if held_back && !encoder.has_supply() {
+                    // Held back (by the window or the budget), possibly for long: keep the
+                    // data, free the buffers (`out` was written above).
+                    buf = Vec::new();
+                    out = BytesMut::new();
+                    encoder.release_buffers();
+                    up_charge.set(0);
+                }
                 let size = if bulk && !over {
                     READ_BUF
                 } else {
@@ -283,7 +339,7 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     stall::flags(&[
                         (client_eof, stall::up::CLIENT_EOF),
                         (down_done, stall::up::DOWN_DONE),
-                        (encoder.window_full(), stall::up::WINDOW_FULL),
+                        (full, stall::up::WINDOW_FULL),
                         (encoder.all_acked(), stall::up::ALL_ACKED),
                         (encoder.has_supply(), stall::up::HAS_SUPPLY),
                         (encoder.has_pending(), stall::up::HAS_PENDING),
@@ -303,13 +359,15 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     // Supplies before new client data: the peer is stalled on them.
                     _ = std::future::ready(()), if encoder.has_supply() => {
                         while out.len() < MAX_SUPPLY_BATCH && encoder.poll_supply(&mut out) {}
+                        encoder.take_error()?;
                     }
-                    f = budget.floor(), if !client_eof && held_back && !encoder.window_full() => {
+                    f = async { floor_wait.as_mut().expect("guarded").await }, if wants_floor => {
+                        floor_wait = None;
                         floor = Some((f, encoder.sent_items()));
                     }
                     // Room may come back before a floor does (the floors' holders may be waiting
                     // on slow clients): look again then.
-                    () = budget.room(), if !client_eof && held_back && !encoder.window_full() => {}
+                    () = budget.room(), if wants_floor => {}
                     n = client_r.read(&mut buf), if !client_eof && !buf.is_empty() && !held_back => {
                         match n {
                             Ok(0) => {
@@ -365,39 +423,12 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                     // Listed after the read: with `biased`, the partial chunk is flushed only
-                    // when the client really is idle, not because a tunnel write was slow.
-                    _ = sleep, if deadline.is_some() && !encoder.window_full() => {
+                    // when the client really is idle, not because a tunnel write was slow, nor
+                    // while the window or the budget holds it back.
+                    _ = sleep, if deadline.is_some() && !held_back => {
                         deadline = None;
                         encoder.flush(&mut out);
                     }
-                }
-                if encoder.window_full() && encoder.has_unsent_items() {
-                    // Held back by the window (or the budget) with items the peer has not been
-                    // sent: only its acknowledgements can free the window, so send them now
-                    // (the flush timer waits for an idle client, which this one is not).
-                    encoder.flush_items(&mut out);
-                }
-                if !out.is_empty() {
-                    up_charge.set((buf.len() + out.capacity()) as u64);
-                    Probe::set(&probe.up, stall::up::WRITING, true);
-                    send.write_all(&out)
-                        .await
-                        .map_err(|e| FlowError::Tunnel(e.to_string()))?;
-                    Probe::set(&probe.up, stall::up::WRITING, false);
-                    moved();
-                    tx_stats.wan_bytes.fetch_add(out.len() as u64, Relaxed);
-                    totals.tx_wan.fetch_add(out.len() as u64, Relaxed);
-                    out.clear();
-                }
-                let held_back = encoder.window_full()
-                    || (floor.is_none() && budget.is_exhausted() && !encoder.holds_nothing());
-                if held_back && !encoder.has_supply() {
-                    // Held back (by the window or the budget), possibly for long: keep the
-                    // data, free the buffers.
-                    buf = Vec::new();
-                    out = BytesMut::new();
-                    encoder.release_buffers();
-                    up_charge.set(0);
                 }
             }
             if let Some(t) = versions.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
@@ -618,7 +649,7 @@ pub fn budget_families(b: &Budget) -> Vec<strait_admin::ExtraFamily> {
         ),
         one(
             "flow_budget_used_bytes",
-            "Bytes flow buffers, queues and slots hold now (each flow may hold its floor beyond the budget).",
+            "Bytes flow buffers, queues and slots hold now (the holders of its floors may hold a chunk each beyond the budget).",
             b.used(),
         ),
     ]

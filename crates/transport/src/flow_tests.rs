@@ -324,3 +324,73 @@ async fn after_one_of_max_flows_streams_closes_a_new_one_opens() {
     edge.close(0u32.into(), b"done");
     assert_eq!(server.await.unwrap(), MAX_FLOWS + 1);
 }
+
+/// Past the budget, what senders hold beyond it is bounded by the budget's floors, not by the
+/// number of flows. Many flows whose data is never acknowledged: each floor's holder holds at
+/// most one item, one partial chunk and one read buffer; every other flow only what its first
+/// small read took. (With one floor per flow, 512 such flows held a chunk or more each.)
+#[tokio::test]
+async fn past_the_budget_senders_hold_what_the_floors_bound_not_a_chunk_each() {
+    const FLOWS: usize = 512;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tc = quinn::TransportConfig::default();
+    tc.max_concurrent_bidi_streams((FLOWS as u32 + 8).into());
+    let (_server, _client, server_side, conn) =
+        connection_with(&dir.path().join("certs"), Some(tc)).await;
+    // The receiving end reads and discards: nothing is ever acknowledged.
+    tokio::spawn(async move {
+        while let Ok((send, mut recv)) = server_side.accept_bi().await {
+            tokio::spawn(async move {
+                let _send = send;
+                while let Ok(Some(_)) = recv.read_chunk(1 << 16, true).await {}
+            });
+        }
+    });
+    let budget = Budget::new(1 << 20);
+    let store = store(&dir.path().join("tx"));
+    let mut totals = Vec::new();
+    for f in 0..FLOWS {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let (near, mut far) = tokio::io::duplex(1 << 16);
+        let t = Arc::new(FlowTotals::default());
+        totals.push(t.clone());
+        let p = parts_on(store.clone(), Duration::from_secs(600), &budget);
+        tokio::spawn(async move {
+            let _ = pump_stream(near, &mut send, &mut recv, p, &t, |_| {}).await;
+        });
+        tokio::spawn(async move {
+            // Distinct bytes per flow: no chunk repeats across flows.
+            let seed = blake3::hash(&(f as u64).to_le_bytes());
+            let mut data = vec![0u8; 512 << 10];
+            blake3::Hasher::new_keyed(seed.as_bytes())
+                .finalize_xof()
+                .fill(&mut data);
+            let _ = far.write_all(&data).await;
+            std::future::pending::<()>().await
+        });
+    }
+    let max_chunk = strait_chunk::ChunkerConfig::default().max() as u64;
+    let floors = strait_dedup::floor_permits(budget.limit()) as u64;
+    let bound = budget.limit()
+        + floors * (2 * max_chunk + READ_BUF as u64)
+        + FLOWS as u64 * 4 * FIRST_READ_BUF as u64;
+    let mut peak = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            peak = peak.max(budget.used());
+            // Every flow has started; every floor is taken (or the bound is broken already).
+            let all_read = totals.iter().all(|t| t.tx_logical.load(Relaxed) > 0);
+            if all_read && (budget.free_floors() == 0 || peak > bound) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("not every flow read its client, or the floors were never all taken, within 60 s");
+    peak = peak.max(budget.used());
+    assert!(
+        peak <= bound,
+        "{FLOWS} held-back flows hold {peak} B; the floors bound them to {bound} B"
+    );
+}

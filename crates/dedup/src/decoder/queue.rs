@@ -207,6 +207,7 @@ impl FlowDecoder {
             };
             self.queued_bytes -= entry_bytes(b.len());
             self.delivered += 1;
+            self.unacked_delivered += b.len() as u64;
             self.stats
                 .logical_bytes
                 .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
