@@ -54,11 +54,7 @@ mod supply;
 /// A chunk held until acknowledged; `bases` are the bases it was delta-coded against.
 struct Held {
     id: WireId,
-    /// The chunk's bytes; `None` for a reference to a chunk this side's store holds: read from
-    /// the store if the peer wants it (a repeat's window then costs ids, not chunks).
-    data: Option<Bytes>,
-    /// The chunk's length.
-    len: u32,
+    data: Bytes,
     bases: Option<Box<[WireId]>>,
     /// `forget_peer` was called for it (a supply of it was emitted): at most once.
     forgotten: bool,
@@ -128,8 +124,6 @@ pub struct FlowEncoder {
     held_cost: u64,
     /// What [`FlowEncoder::held_bytes`] charged to the process budget.
     charge: Charge,
-    /// What a supply met that ends the flow ([`FlowEncoder::take_error`]).
-    failed: Option<Error>,
     sent_items: u64,
     acked_items: u64,
     scratch: Vec<u8>,
@@ -179,7 +173,6 @@ impl FlowEncoder {
             unacked_bytes: 0,
             held_cost: 0,
             charge: Budget::unlimited().charge(),
-            failed: None,
             sent_items: 0,
             acked_items: 0,
             scratch: Vec::new(),
@@ -556,21 +549,9 @@ impl FlowEncoder {
 
     /// Keeps an item until the peer acknowledges it.
     fn hold(&mut self, id: WireId, data: Bytes, bases: Option<Box<[WireId]>>) {
-        let len = data.len() as u32;
-        self.hold_item(id, Some(data), len, bases);
-    }
-
-    fn hold_item(
-        &mut self,
-        id: WireId,
-        data: Option<Bytes>,
-        len: u32,
-        bases: Option<Box<[WireId]>>,
-    ) {
         let seq = self.sent_items;
-        let n = data.as_ref().map_or(0, Bytes::len);
-        self.unacked_bytes += n as u64;
-        self.held_cost += entry_bytes(n);
+        self.unacked_bytes += data.len() as u64;
+        self.held_cost += entry_bytes(data.len());
         let e = self.held_index.entry(id).or_insert(HeldId {
             count: 0,
             last: seq,
@@ -580,18 +561,11 @@ impl FlowEncoder {
         self.unacked.push_back(Held {
             id,
             data,
-            len,
             bases,
             forgotten: false,
             mark_on_ack: false,
         });
         self.sent_items += 1;
-    }
-
-    /// The error a supply met, if any: a wanted reference whose chunk the store lost
-    /// ([`Error::SupplyLost`]). Check it after [`FlowEncoder::poll_supply`]; the flow must end.
-    pub fn take_error(&mut self) -> Result<(), Error> {
-        self.failed.take().map_or(Ok(()), Err)
     }
 
     /// Whether `finish` was called.
@@ -601,9 +575,9 @@ impl FlowEncoder {
 
     /// Whether to stop reading the client: the window of unacknowledged items (counted at
     /// least [`MIN_SLOT_BYTES`] each) is full, or the budget this encoder charges is exhausted
-    /// while it holds any unacknowledged item. Past the budget, one item in flight is the most
-    /// a flow holds, and the pump lets it have one only with a floor of the budget (see
-    /// [`crate::budget`]): a thousand flows over budget hold a bounded number of chunks.
+    /// while it holds any unacknowledged item. The floor that lets every flow progress past
+    /// the budget is one item in flight (and the partial chunk after it): a thousand flows
+    /// over budget hold about a thousand average chunks, not a thousand windows.
     pub fn window_full(&self) -> bool {
         self.window_full_at(self.charge.budget().is_exhausted())
     }
@@ -640,9 +614,8 @@ impl FlowEncoder {
         while self.acked_items < n {
             let seq = self.acked_items;
             if let Some(h) = self.unacked.pop_front() {
-                let n = h.data.as_ref().map_or(0, Bytes::len);
-                self.unacked_bytes -= n as u64;
-                self.held_cost -= entry_bytes(n);
+                self.unacked_bytes -= h.data.len() as u64;
+                self.held_cost -= entry_bytes(h.data.len());
                 self.on_item_acked(seq, &h);
             }
             self.acked_items += 1;
@@ -731,8 +704,7 @@ impl FlowEncoder {
         let len = chunk.len();
         self.stats.logical_bytes.fetch_add(len as u64, Relaxed);
         let mut in_run = false;
-        let reference = self.cfg.dedup && self.store.peer_has(&id, self.peer);
-        let bases = if reference {
+        let bases = if self.cfg.dedup && self.store.peer_has(&id, self.peer) {
             if let Some(d) = &self.delta {
                 // Chunks the peer already holds are bases too; after a restart the index is
                 // empty, so learn them again (once: `contains` is a map lookup).
@@ -825,12 +797,7 @@ impl FlowEncoder {
             // once it has rebuilt them, and base names inside a run must resolve the same way.
             self.record_chain(&id);
         }
-        if reference {
-            // The store holds it (the peer does): a want of it reads it back from there.
-            self.hold_item(id, None, len as u32, bases);
-        } else {
-            self.hold(id, chunk, bases);
-        }
+        self.hold(id, chunk, bases);
         if self.run_full() {
             self.close_run(out);
         }
@@ -967,7 +934,7 @@ impl FlowEncoder {
                         .iter()
                         .rev()
                         .find(|h| h.id == p.id)
-                        .map_or(0, |h| h.len);
+                        .map_or(0, |h| h.data.len() as u32);
                     Frame::Refs(vec![ChunkRef { id: p.id, len }]).encode(out);
                 }
             }

@@ -104,10 +104,6 @@ pub enum Error {
     /// The peer asked for a chunk this flow never sent or already saw acknowledged.
     #[error("peer wanted chunk {0} which this flow is not holding")]
     UnknownWant(String),
-    /// The peer lacks a chunk this flow sent as a reference, and this side's store no longer
-    /// holds it intact either (evicted or corrupt meanwhile): the flow cannot be completed.
-    #[error("peer wanted chunk {0}, sent as a reference, which this side's store no longer holds")]
-    SupplyLost(String),
     /// A chunk does not start with the bytes its previews delivered (or is shorter).
     #[error("chunk {0} does not start with the bytes previewed for it")]
     PreviewMismatch(String),

@@ -359,7 +359,6 @@ pub async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     // Supplies before new client data: the peer is stalled on them.
                     _ = std::future::ready(()), if encoder.has_supply() => {
                         while out.len() < MAX_SUPPLY_BATCH && encoder.poll_supply(&mut out) {}
-                        encoder.take_error()?;
                     }
                     f = async { floor_wait.as_mut().expect("guarded").await }, if wants_floor => {
                         floor_wait = None;

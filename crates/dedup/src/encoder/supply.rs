@@ -18,7 +18,7 @@
 
 use super::{FlowEncoder, Held};
 use crate::run::{SentRun, RUN_SUPPLY_FLAG};
-use crate::{entry_bytes, short, Error, MAX_VERIFY_ATTEMPTS, NO_STORE_FLAG};
+use crate::{short, Error, MAX_VERIFY_ATTEMPTS, NO_STORE_FLAG};
 use bytes::BytesMut;
 use std::collections::hash_map::Entry;
 use strait_wire::{Frame, WireId};
@@ -149,31 +149,13 @@ impl FlowEncoder {
         else {
             return;
         };
-        if held.data.is_none() {
-            // A reference: its bytes are read back from the store (verified), and kept until
-            // acknowledged like any supplied item's.
-            match self.store.get(&held.id, None) {
-                Ok(Some(b)) if b.len() == held.len as usize => {
-                    self.unacked_bytes += b.len() as u64;
-                    self.held_cost += entry_bytes(b.len()) - entry_bytes(0);
-                    held.data = Some(b);
-                }
-                _ => {
-                    self.failed
-                        .get_or_insert(Error::SupplyLost(short(&held.id)));
-                    return;
-                }
-            }
-        }
         let Held {
             id,
             data,
             bases,
             forgotten,
             mark_on_ack,
-            ..
         } = held;
-        let Some(data) = data else { return };
         if !*forgotten {
             // The peer evidently does not hold it: stop referencing it until it acknowledges the
             // supplied copy. A delta is wanted when the peer lacked a base (or the rebuild

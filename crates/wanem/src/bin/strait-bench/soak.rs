@@ -197,7 +197,8 @@ pub const ORIGIN_BACKLOG: i32 = 4096;
 /// Client errors whose message is kept and printed.
 pub const KEPT_ERRORS: usize = 5;
 
-/// The origin: for each connection, reads one request byte, sends the file, closes.
+/// The origin: for each connection, reads one request byte, sends the file, half-closes, and
+/// closes once the peer has.
 fn origin(file: Arc<Vec<u8>>) -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     // std listens with a backlog of 128: when a thousand clients finish a round together, the
@@ -228,6 +229,13 @@ fn origin(file: Arc<Vec<u8>>) -> Result<SocketAddr> {
                             }
                         }
                         let _ = s.shutdown(std::net::Shutdown::Write);
+                        // Keep the socket until the peer closes. A socket closed with data
+                        // still unsent is orphaned: while a core holds the flow back (its
+                        // client reads slowly) the window stays at zero, and after
+                        // `tcp_orphan_retries` zero-window probes the kernel aborts the
+                        // connection with a RST, which the core rightly reports as a reset.
+                        let mut rest = [0u8; 64];
+                        while matches!(s.read(&mut rest), Ok(n) if n > 0) {}
                     });
             }
         })?;
