@@ -542,15 +542,7 @@ impl FlowDecoder {
             }
             None => {
                 self.want_missing(id, wants)?;
-                let slot = Slot::Waiting {
-                    id,
-                    len,
-                    store: true,
-                    from: 0,
-                    to: len,
-                    check: Check::None,
-                };
-                self.push_item(slot, len, 0)
+                self.push_item(Slot::whole(id, len), len, 0)
             }
         }
     }

@@ -47,6 +47,20 @@ pub(super) enum Slot {
     Chunks(VecDeque<Bytes>),
 }
 
+impl Slot {
+    /// A slot waiting for the whole chunk `id` (`len` bytes), to be stored once supplied.
+    pub(super) fn whole(id: WireId, len: u32) -> Slot {
+        Slot::Waiting {
+            id,
+            len,
+            store: true,
+            from: 0,
+            to: len,
+            check: Check::None,
+        }
+    }
+}
+
 pub(super) struct WaitingRun {
     pub digest: WireId,
     pub count: usize,
@@ -248,15 +262,7 @@ impl FlowDecoder {
         }
         self.late_wants = wants;
         self.waiting.entry(id).or_default().seqs.insert(0, seq);
-        let slot = Slot::Waiting {
-            id,
-            len,
-            store: true,
-            from: 0,
-            to: len,
-            check: Check::None,
-        };
-        if let Err(e) = self.replace(seq, slot) {
+        if let Err(e) = self.replace(seq, Slot::whole(id, len)) {
             self.late_error.get_or_insert(e);
         }
         false
